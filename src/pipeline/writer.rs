@@ -1,0 +1,401 @@
+//! Writer threads: one per shard. Each drains its shard's lanes, coalesces batches into a group
+//! (up to `INGEST_WRITER_MAX_ROWS` rows or `INGEST_WRITER_MAX_DELAY_MS`, and no longer than its
+//! lanes have batches: it never lingers on empty lanes), and hands the group to its
+//! [`BatchWriter`] in one call, which persists it in one transaction in FK order.
+//!
+//! Failure handling (DESIGN 1.3):
+//! - a write error or a panic in the writer is caught; the thread goes on;
+//! - commit-mode batches (with a completion) are retried one by one, each alone, before any
+//!   request is answered, so only the failing requests get the error; they never go to the DLQ;
+//! - async batches go to [`BatchWriter::spill`] (the DLQ). When that fails too, the writer keeps
+//!   the group and retries database and spill with backoff, popping nothing more, so admission
+//!   throttles instead of anything acknowledged being dropped. Only when the process must exit
+//!   (spill mode after the drain deadline) and the spill still fails are the items counted lost
+//!   (`reason="crash"`).
+
+use super::batch::{Batch, LogRow, MetricPointRow, Rows, Signal, SpanRow, TraceRow};
+use super::completion::CommitError;
+use super::core::Core;
+use super::stats::{LostReason, RejectReason};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// First backoff when both the database and the spill fail; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest pause between retries of a failing database and DLQ (well under clients' 10 s export
+/// timeout, so a recovered disk is used quickly).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why a group could not be written or spilled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The database refused the transaction (I/O error, disk full, read-only, constraint...).
+    #[error("database error: {0}")]
+    Database(String),
+    /// The failure sink (DLQ) could not keep the batches.
+    #[error("dead-letter queue error: {0}")]
+    Spill(String),
+    /// The writer or sink panicked; the panic was caught.
+    #[error("writer panicked: {0}")]
+    Panicked(String),
+    /// No failure sink is configured.
+    #[error("no failure sink configured")]
+    NoSink,
+}
+
+/// A coalesced group of batches, handed to the [`BatchWriter`] in one call.
+#[derive(Debug, Default)]
+pub struct Group {
+    batches: Vec<Batch>,
+    rows: usize,
+}
+
+impl Group {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn push(&mut self, b: Batch) {
+        self.rows += b.rows.row_count();
+        self.batches.push(b);
+    }
+    pub fn batches(&self) -> &[Batch] {
+        &self.batches
+    }
+    pub fn into_batches(self) -> Vec<Batch> {
+        self.batches
+    }
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+    /// Rows of every table in the group.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Trace rows of every traces batch (first in FK order).
+    pub fn trace_rows(&self) -> impl Iterator<Item = &TraceRow> {
+        self.batches
+            .iter()
+            .flat_map(|b| match &b.rows {
+                Rows::Traces(g) => Some(g.iter().map(|g| &g.trace)),
+                _ => None,
+            })
+            .flatten()
+    }
+    /// Spans (second).
+    pub fn spans(&self) -> impl Iterator<Item = &SpanRow> {
+        self.batches
+            .iter()
+            .flat_map(|b| match &b.rows {
+                Rows::Traces(g) => Some(g.iter().flat_map(|g| g.spans.iter())),
+                _ => None,
+            })
+            .flatten()
+    }
+    /// Logs (third): those synthesized from spans, then log records.
+    pub fn logs(&self) -> impl Iterator<Item = &LogRow> {
+        let synthesized = self
+            .batches
+            .iter()
+            .flat_map(|b| match &b.rows {
+                Rows::Traces(g) => Some(g.iter().flat_map(|g| g.logs.iter())),
+                _ => None,
+            })
+            .flatten();
+        let records = self
+            .batches
+            .iter()
+            .flat_map(|b| match &b.rows {
+                Rows::Logs(l) => Some(l.iter()),
+                _ => None,
+            })
+            .flatten();
+        synthesized.chain(records)
+    }
+    /// Metric points (last).
+    pub fn metric_points(&self) -> impl Iterator<Item = &MetricPointRow> {
+        self.batches
+            .iter()
+            .flat_map(|b| match &b.rows {
+                Rows::Metrics(m) => Some(m.iter()),
+                _ => None,
+            })
+            .flatten()
+    }
+    /// Every row in FK order: trace rows, spans, logs, metric points.
+    pub fn rows_in_fk_order(&self) -> impl Iterator<Item = RowRef<'_>> {
+        self.trace_rows()
+            .map(RowRef::Trace)
+            .chain(self.spans().map(RowRef::Span))
+            .chain(self.logs().map(RowRef::Log))
+            .chain(self.metric_points().map(RowRef::MetricPoint))
+    }
+}
+
+impl From<Vec<Batch>> for Group {
+    fn from(batches: Vec<Batch>) -> Self {
+        let rows = batches.iter().map(|b| b.rows.row_count()).sum();
+        Self { batches, rows }
+    }
+}
+
+/// A borrowed row of any table.
+#[derive(Clone, Copy, Debug)]
+pub enum RowRef<'a> {
+    Trace(&'a TraceRow),
+    Span(&'a SpanRow),
+    Log(&'a LogRow),
+    MetricPoint(&'a MetricPointRow),
+}
+
+/// Persists groups for one shard. Implemented by the SQLite shard writer; tests use in-memory
+/// ones. Called only from that shard's writer thread.
+pub trait BatchWriter: Send {
+    /// Persists the whole group in ONE transaction, in FK order (trace rows, spans, logs, metric
+    /// points: see [`Group::rows_in_fk_order`]), or nothing of it.
+    fn write(&mut self, group: &Group) -> Result<(), WriteError>;
+
+    /// The failure sink: keeps batches that could not be written (the DLQ), to be replayed later.
+    /// Called with async-mode batches only. The default has no sink.
+    fn spill(&mut self, _batches: &[Batch], _cause: &WriteError) -> Result<(), WriteError> {
+        Err(WriteError::NoSink)
+    }
+
+    /// Work between groups (DLQ replay, retention, checkpoints). Returns how soon it wants to be
+    /// called again while the lanes stay idle; `None` lets an idle writer sleep until a push.
+    fn maintain(&mut self) -> Option<Duration> {
+        None
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// One writer thread's state.
+pub(crate) struct Writer {
+    pub shard: usize,
+    pub core: Arc<Core>,
+    pub sink: Box<dyn BatchWriter>,
+}
+
+impl Writer {
+    /// The thread body: runs until stop has begun and every reserved batch has been popped and
+    /// written or spilled.
+    pub fn run(mut self) {
+        loop {
+            let group = self.collect();
+            if !group.is_empty() {
+                if self.core.spill_now() {
+                    self.spill_group(group, &WriteError::Spill("drain deadline passed".into()));
+                } else {
+                    self.process(group);
+                }
+                continue;
+            }
+            if self.core.drained() {
+                break;
+            }
+            let next = if self.core.is_stopping() { None } else { self.maintain() };
+            let lanes = self.core.lanes(self.shard);
+            let core = &self.core;
+            lanes.wake.wait(|| lanes.has_batches() || core.drained() || core.spill_now(), next);
+        }
+    }
+
+    fn maintain(&mut self) -> Option<Duration> {
+        match catch_unwind(AssertUnwindSafe(|| self.sink.maintain())) {
+            Ok(next) => next,
+            Err(p) => {
+                tracing::error!(shard = self.shard, panic = %panic_message(p.as_ref()), "writer maintenance panicked");
+                Some(MAX_BACKOFF)
+            }
+        }
+    }
+
+    /// Pops batches round-robin over the shard's lanes until they are empty, the group holds
+    /// `writer_max_rows` rows, or `writer_max_delay` has passed since the first pop.
+    fn collect(&self) -> Group {
+        let cfg = self.core.config();
+        let mut group = Group::new();
+        let mut started: Option<Instant> = None;
+        'outer: loop {
+            let mut any = false;
+            for s in Signal::ALL {
+                if let Some(b) = self.core.pop(self.shard, s) {
+                    started.get_or_insert_with(Instant::now);
+                    group.push(b);
+                    any = true;
+                    if group.rows() >= cfg.writer_max_rows {
+                        break 'outer;
+                    }
+                }
+            }
+            if !any || started.is_some_and(|t| t.elapsed() >= cfg.writer_max_delay) {
+                break;
+            }
+        }
+        group
+    }
+
+    fn write(&mut self, group: &Group) -> Result<(), WriteError> {
+        match catch_unwind(AssertUnwindSafe(|| self.sink.write(group))) {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = panic_message(p.as_ref());
+                tracing::error!(shard = self.shard, panic = %msg, "writer panicked; the group goes to the failure path");
+                Err(WriteError::Panicked(msg))
+            }
+        }
+    }
+
+    fn process(&mut self, group: Group) {
+        match self.write(&group) {
+            Ok(()) => self.committed(group.into_batches()),
+            Err(e) => self.failed(group, e),
+        }
+    }
+
+    /// Books a committed batch and answers its request.
+    fn committed(&self, batches: Vec<Batch>) {
+        let now = Instant::now();
+        for b in batches {
+            let sig = b.signal();
+            let st = self.core.stats().signal(sig);
+            st.persisted_items.fetch_add(b.items, Ordering::Relaxed);
+            st.persisted_batches.fetch_add(1, Ordering::Relaxed);
+            st.in_flight_items.fetch_sub(b.items as i64, Ordering::Relaxed);
+            st.record_e2e(now.saturating_duration_since(b.received.instant));
+            self.core.release_bytes(sig, b.est_bytes);
+            if let Some(c) = b.completion {
+                c.resolve(Ok(()));
+            }
+        }
+    }
+
+    /// Books a commit-mode batch the client is told to retry.
+    fn refused(&self, b: Batch, reason: RejectReason, err: CommitError) {
+        let sig = b.signal();
+        let st = self.core.stats().signal(sig);
+        st.in_flight_items.fetch_sub(b.items as i64, Ordering::Relaxed);
+        st.add_rejected(reason, b.items, 1);
+        self.core.release_bytes(sig, b.est_bytes);
+        if let Some(c) = b.completion {
+            c.resolve(Err(err));
+        }
+    }
+
+    fn failed(&mut self, group: Group, err: WriteError) {
+        tracing::warn!(shard = self.shard, batches = group.len(), error = %err, "group write failed");
+        let (commit, spill): (Vec<Batch>, Vec<Batch>) =
+            group.into_batches().into_iter().partition(|b| b.completion.is_some());
+        // Commit mode: retry each batch alone, so only the failing requests get the error.
+        let single = commit.len() > 1 || !spill.is_empty();
+        for b in commit {
+            if !single {
+                self.refused(b, RejectReason::Unavailable, commit_error(&err));
+                continue;
+            }
+            let one = Group::from(vec![b]);
+            match self.write(&one) {
+                Ok(()) => self.committed(one.into_batches()),
+                Err(e) => {
+                    for b in one.into_batches() {
+                        self.refused(b, RejectReason::Unavailable, commit_error(&e));
+                    }
+                }
+            }
+        }
+        if !spill.is_empty() {
+            self.spill_group(Group::from(spill), &err);
+        }
+    }
+
+    /// Hands async batches to the failure sink; while it fails too, keeps them and retries the
+    /// database and the sink with backoff (popping nothing more, so admission throttles).
+    fn spill_group(&mut self, group: Group, cause: &WriteError) {
+        let (commit, spill): (Vec<Batch>, Vec<Batch>) =
+            group.into_batches().into_iter().partition(|b| b.completion.is_some());
+        // Commit-mode batches left at the drain deadline: the client is told to retry.
+        for b in commit {
+            self.refused(b, RejectReason::Stopping, CommitError::Stopped);
+        }
+        if spill.is_empty() {
+            return;
+        }
+        let group = Group::from(spill);
+        let mut cause = cause.clone();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let spilled = catch_unwind(AssertUnwindSafe(|| self.sink.spill(group.batches(), &cause)))
+                .unwrap_or_else(|p| Err(WriteError::Panicked(panic_message(p.as_ref()))));
+            match spilled {
+                Ok(()) => {
+                    self.spilled(group.into_batches());
+                    return;
+                }
+                Err(e) => {
+                    if self.core.spill_now() {
+                        tracing::error!(shard = self.shard, error = %e, "spill failed at exit; items lost");
+                        self.lost(group.into_batches(), LostReason::Crash);
+                        return;
+                    }
+                    tracing::error!(shard = self.shard, error = %e, backoff_ms = backoff.as_millis() as u64,
+                        "spill failed; keeping the group and retrying");
+                }
+            }
+            let lanes = self.core.lanes(self.shard);
+            let core = &self.core;
+            lanes.wake.wait(|| core.spill_now(), Some(backoff));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if !self.core.spill_now() {
+                match self.write(&group) {
+                    Ok(()) => {
+                        self.committed(group.into_batches());
+                        return;
+                    }
+                    Err(e) => cause = e,
+                }
+            }
+        }
+    }
+
+    fn spilled(&self, batches: Vec<Batch>) {
+        for b in batches {
+            let sig = b.signal();
+            let st = self.core.stats().signal(sig);
+            st.spilled_items.fetch_add(b.items, Ordering::Relaxed);
+            st.spilled_batches.fetch_add(1, Ordering::Relaxed);
+            st.dlq_pending_items.fetch_add(b.items as i64, Ordering::Relaxed);
+            st.in_flight_items.fetch_sub(b.items as i64, Ordering::Relaxed);
+            self.core.release_bytes(sig, b.est_bytes);
+        }
+    }
+
+    fn lost(&self, batches: Vec<Batch>, reason: LostReason) {
+        for b in batches {
+            let sig = b.signal();
+            let st = self.core.stats().signal(sig);
+            st.add_lost(reason, b.items);
+            st.in_flight_items.fetch_sub(b.items as i64, Ordering::Relaxed);
+            self.core.release_bytes(sig, b.est_bytes);
+        }
+    }
+}
+
+fn commit_error(e: &WriteError) -> CommitError {
+    match e {
+        WriteError::Panicked(_) => CommitError::Panicked,
+        other => CommitError::Database(other.to_string()),
+    }
+}
