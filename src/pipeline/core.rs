@@ -259,7 +259,13 @@ impl Core {
                     p.items = p.pri_items;
                     p.heap = p.pri_heap;
                 }
-                (Outcome::SoftDropped { kept, dropped }, parts)
+                // A request that is all priority loses nothing: it is simply accepted.
+                let outcome = if dropped == 0 {
+                    Outcome::Accepted { items: kept }
+                } else {
+                    Outcome::SoftDropped { kept, dropped }
+                };
+                (outcome, parts)
             }
             Decision::QueueFull => {
                 reject(RejectReason::QueueFull);

@@ -60,6 +60,9 @@ impl Wake {
         fence(Ordering::SeqCst);
         if has_work() {
             self.sleeping.store(false, Ordering::Relaxed);
+            // The caller loops back to work that may still be in a producer's hands (a claimed
+            // but unpublished ring slot): a spin hint, and under loom a yield.
+            crate::sync::spin_step();
             // A notification that raced with this check is consumed by the next wait at worst as
             // one spurious wake-up.
             return true;

@@ -30,7 +30,7 @@ pub use self::core::{Core, Outcome, Submission};
 pub use batch::{Batch, Request, Rows, Signal};
 pub use completion::{CommitError, CommitWaiter};
 pub use stats::{Books, LostReason, RejectReason, Stats};
-pub use writer::{BatchWriter, Group, RowRef, WriteError};
+pub use writer::{BatchWriter, Group, RowRef, WriteError, run_writer};
 
 use crate::config::{ConfigError, PinPolicy, PipelineConfig};
 use std::sync::atomic::Ordering;
@@ -115,7 +115,7 @@ impl Pipeline {
         t.started = true;
         let pins = pin_plan(&self.core.config().pin, shards);
         for (shard, sink) in writers.into_iter().enumerate() {
-            let w = writer::Writer { shard, core: self.core.clone(), sink };
+            let core_ref = self.core.clone();
             let pin = pins.get(shard).copied().flatten();
             let h = std::thread::Builder::new()
                 .name(format!("otelring-w{shard}"))
@@ -125,7 +125,7 @@ impl Pipeline {
                     {
                         tracing::warn!(shard, core = core.id, "could not pin writer; running unpinned");
                     }
-                    w.run();
+                    writer::run_writer(shard, core_ref, sink);
                 })
                 .map_err(|source| PipelineError::Spawn { shard, source })?;
             t.handles.push(h);

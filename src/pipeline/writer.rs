@@ -182,17 +182,24 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Runs shard `shard`'s writer loop on the calling thread until stop has begun and every reserved
+/// batch has been popped and written or spilled. [`super::Pipeline::start`] runs it on a named,
+/// optionally pinned thread; the loom models run it on a model thread.
+pub fn run_writer(shard: usize, core: Arc<Core>, sink: Box<dyn BatchWriter>) {
+    Writer { shard, core, sink }.run();
+}
+
 /// One writer thread's state.
-pub(crate) struct Writer {
-    pub shard: usize,
-    pub core: Arc<Core>,
-    pub sink: Box<dyn BatchWriter>,
+struct Writer {
+    shard: usize,
+    core: Arc<Core>,
+    sink: Box<dyn BatchWriter>,
 }
 
 impl Writer {
     /// The thread body: runs until stop has begun and every reserved batch has been popped and
     /// written or spilled.
-    pub fn run(mut self) {
+    fn run(mut self) {
         loop {
             let group = self.collect();
             if !group.is_empty() {
