@@ -186,7 +186,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// batch has been popped and written or spilled. [`super::Pipeline::start`] runs it on a named,
 /// optionally pinned thread; the loom models run it on a model thread.
 pub fn run_writer(shard: usize, core: Arc<Core>, sink: Box<dyn BatchWriter>) {
-    Writer { shard, core, sink }.run();
+    Writer { shard, core, sink, maintenance_due: None }.run();
 }
 
 /// One writer thread's state.
@@ -194,13 +194,21 @@ struct Writer {
     shard: usize,
     core: Arc<Core>,
     sink: Box<dyn BatchWriter>,
+    /// When `maintain` wants to run next (`None`: only after a spill).
+    maintenance_due: Option<Instant>,
 }
 
 impl Writer {
     /// The thread body: runs until stop has begun and every reserved batch has been popped and
     /// written or spilled.
     fn run(mut self) {
+        // Maintenance (DLQ replay, retention, checkpoints) runs at start, then whenever the sink's
+        // requested delay has passed: between groups under load, on a timed wake-up when idle.
+        self.maintenance_due = Some(Instant::now());
         loop {
+            if !self.core.is_stopping() && self.maintenance_due.is_some_and(|d| Instant::now() >= d) {
+                self.maintenance_due = self.maintain().map(|d| Instant::now() + d);
+            }
             let group = self.collect();
             if !group.is_empty() {
                 if self.core.spill_now() {
@@ -213,10 +221,14 @@ impl Writer {
             if self.core.drained() {
                 break;
             }
-            let next = if self.core.is_stopping() { None } else { self.maintain() };
+            let timeout = if self.core.is_stopping() {
+                None
+            } else {
+                self.maintenance_due.map(|d| d.saturating_duration_since(Instant::now()))
+            };
             let lanes = self.core.lanes(self.shard);
             let core = &self.core;
-            lanes.wake.wait(|| lanes.has_batches() || core.drained() || core.spill_now(), next);
+            lanes.wake.wait(|| lanes.has_batches() || core.drained() || core.spill_now(), timeout);
         }
     }
 
@@ -377,7 +389,9 @@ impl Writer {
         }
     }
 
-    fn spilled(&self, batches: Vec<Batch>) {
+    fn spilled(&mut self, batches: Vec<Batch>) {
+        // The sink now holds dead letters to replay: let its maintenance run soon.
+        self.maintenance_due = Some(Instant::now());
         for b in batches {
             let sig = b.signal();
             let st = self.core.stats().signal(sig);
