@@ -178,6 +178,70 @@ impl PipelineConfig {
     }
 }
 
+/// Default `DLQ_MAX_FILES` (DESIGN 1.6): dead-letter files kept over all shards; each shard gets
+/// an equal share, so one shard's writer never touches another shard's files.
+pub const DEFAULT_DLQ_MAX_FILES: u64 = 1000;
+/// Default `DLQ_MAX_BYTES` (DESIGN 1.6): 512 MiB over all shards, shared like the file count.
+pub const DEFAULT_DLQ_MAX_BYTES: u64 = 512 * 1024 * 1024;
+/// Default `OTELRING_RETENTION` (DESIGN 1.6): rows older than 7 days (by `ingested_at`) go.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// `DLQ_PATH` defaults to this directory inside the data directory.
+pub const DEFAULT_DLQ_DIR_NAME: &str = "dlq";
+/// Default `OTELRING_DATA_DIR`.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+/// The SQLite store's settings (DESIGN 1.3, 1.4, 1.6).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreConfig {
+    /// `OTELRING_DATA_DIR`: shard files `otelring-<i>.db` and the shard-count record.
+    pub data_dir: std::path::PathBuf,
+    /// `DLQ_PATH`: dead-letter files (default `<data dir>/dlq`).
+    pub dlq_path: std::path::PathBuf,
+    /// `DLQ_MAX_FILES`, over all shards (each shard keeps at most its share, at least 1).
+    pub dlq_max_files: u64,
+    /// `DLQ_MAX_BYTES`, over all shards (each shard keeps at most its share).
+    pub dlq_max_bytes: u64,
+    /// `OTELRING_RETENTION`: age limit by `ingested_at`; zero keeps everything.
+    pub retention: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self::for_data_dir(DEFAULT_DATA_DIR)
+    }
+}
+
+impl StoreConfig {
+    /// The defaults for a data directory (`DLQ_PATH` = `<dir>/dlq`).
+    pub fn for_data_dir(dir: impl Into<std::path::PathBuf>) -> Self {
+        let data_dir = dir.into();
+        Self {
+            dlq_path: data_dir.join(DEFAULT_DLQ_DIR_NAME),
+            data_dir,
+            dlq_max_files: DEFAULT_DLQ_MAX_FILES,
+            dlq_max_bytes: DEFAULT_DLQ_MAX_BYTES,
+            retention: DEFAULT_RETENTION,
+        }
+    }
+
+    /// Checks every limit; the error names the variable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("OTELRING_DATA_DIR", "must not be empty"));
+        }
+        if self.dlq_path.as_os_str().is_empty() {
+            return Err(ConfigError::new("DLQ_PATH", "must not be empty"));
+        }
+        if self.dlq_max_files == 0 {
+            return Err(ConfigError::new("DLQ_MAX_FILES", "must be at least 1"));
+        }
+        if self.dlq_max_bytes == 0 {
+            return Err(ConfigError::new("DLQ_MAX_BYTES", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// Parses a size: bytes, or with a `KiB`/`MiB`/`GiB` (also `K`/`M`/`G`, `KB`/`MB`/`GB` as
 /// binary units) suffix.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -221,6 +285,335 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Default tenant when a request names none (`DEFAULT_TENANT`).
+pub const DEFAULT_TENANT: &str = "default";
+/// Longest tenant id in bytes (DESIGN 1.4: over 64 bytes is invalid).
+pub const MAX_TENANT_BYTES: usize = 64;
+/// `SAMPLING_LATENCY_THRESHOLD_MS`: a span at or over this duration makes its trace priority
+/// (DESIGN 1.2); ≤ 0 disables slow priority.
+pub const DEFAULT_SLOW_THRESHOLD_MS: i64 = 500;
+/// Deepest `AnyValue` nesting (arrays / kvlists inside values) accepted. 32 is far beyond any
+/// SDK's output (attribute values are flat in practice) and keeps the decoder's explicit stack
+/// tiny; pb-rs generated code without such a limit overflowed a 2 MiB stack on a 154 KB value.
+pub const DEFAULT_MAX_ANY_VALUE_DEPTH: usize = 32;
+/// Hard ceiling for the depth setting. The protobuf decoder's value stack is on the heap, but the
+/// OTLP/JSON parser (serde_json) stops at 128 nested JSON containers and each AnyValue level takes
+/// 3 (arrays) to 4 (kvlists) of them, so deeper settings would only differ between encodings.
+pub const MAX_ANY_VALUE_DEPTH_LIMIT: usize = 32;
+/// Attributes per item (span, event, log record, data point, resource). The SDKs' default
+/// attribute count limit is 128 (OTEL_ATTRIBUTE_COUNT_LIMIT); 8× that leaves room for
+/// collectors that merge attributes while bounding the work per item.
+pub const DEFAULT_MAX_ATTRIBUTES: usize = 1024;
+/// Events per span: the SDKs' default OTEL_SPAN_EVENT_COUNT_LIMIT is 128; 8× that.
+pub const DEFAULT_MAX_EVENTS_PER_SPAN: usize = 1024;
+/// Items (spans, log records, data points) per request. A minimal real span is about 64 bytes on
+/// the wire, so 1,000,000 items is what a 64 MiB body (`OTELRING_MAX_BODY_BYTES`) can carry.
+pub const DEFAULT_MAX_ITEMS_PER_REQUEST: usize = 1_000_000;
+
+/// What the OTLP decoder needs to know (DESIGN 1.2, 1.4, 1.6): tenant default, slow threshold,
+/// filters, and the limits that keep a hostile request from costing more than its size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeConfig {
+    /// `DEFAULT_TENANT`: the tenant of a request that names none.
+    pub default_tenant: String,
+    /// `SAMPLING_LATENCY_THRESHOLD_MS`; ≤ 0 disables slow priority.
+    pub slow_threshold_ms: i64,
+    /// `INGEST_MIN_SEVERITY`: log records below this SeverityNumber (1..=24) are filtered.
+    /// Records with SeverityNumber 0 are judged by their severity text when it names a level,
+    /// and kept otherwise (unknown severity is never dropped).
+    pub min_severity: Option<i32>,
+    /// `INGEST_ALLOWED_SERVICES`: when set, only these services are kept.
+    pub allowed_services: Option<Vec<String>>,
+    /// `INGEST_EXCLUDED_SERVICES`: these services are filtered.
+    pub excluded_services: Vec<String>,
+    /// Deepest `AnyValue` nesting accepted ([`DEFAULT_MAX_ANY_VALUE_DEPTH`]).
+    pub max_any_value_depth: usize,
+    /// Attributes per item ([`DEFAULT_MAX_ATTRIBUTES`]).
+    pub max_attributes: usize,
+    /// Events per span ([`DEFAULT_MAX_EVENTS_PER_SPAN`]).
+    pub max_events_per_span: usize,
+    /// Items per request ([`DEFAULT_MAX_ITEMS_PER_REQUEST`]).
+    pub max_items_per_request: usize,
+    /// Cap on the running row-byte estimate of one request (`INGEST_PIPELINE_MAX_BYTES`): a
+    /// request whose rows pass it can never be admitted, so decoding stops with "too large".
+    pub max_bytes: u64,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            default_tenant: DEFAULT_TENANT.to_owned(),
+            slow_threshold_ms: DEFAULT_SLOW_THRESHOLD_MS,
+            min_severity: None,
+            allowed_services: None,
+            excluded_services: Vec::new(),
+            max_any_value_depth: DEFAULT_MAX_ANY_VALUE_DEPTH,
+            max_attributes: DEFAULT_MAX_ATTRIBUTES,
+            max_events_per_span: DEFAULT_MAX_EVENTS_PER_SPAN,
+            max_items_per_request: DEFAULT_MAX_ITEMS_PER_REQUEST,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+impl DecodeConfig {
+    /// Checks every setting; the error names the variable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_tenant(&self.default_tenant).map_err(|m| ConfigError::new("DEFAULT_TENANT", m))?;
+        if let Some(s) = self.min_severity.filter(|s| !(1..=24).contains(s)) {
+            return Err(ConfigError::new("INGEST_MIN_SEVERITY", format!("{s} is outside 1..=24")));
+        }
+        if self.max_any_value_depth == 0 || self.max_any_value_depth > MAX_ANY_VALUE_DEPTH_LIMIT {
+            return Err(ConfigError::new(
+                "OTELRING_MAX_ANY_VALUE_DEPTH",
+                format!("{} is outside 1..={MAX_ANY_VALUE_DEPTH_LIMIT}", self.max_any_value_depth),
+            ));
+        }
+        if self.max_attributes == 0 {
+            return Err(ConfigError::new("OTELRING_MAX_ATTRIBUTES", "must be at least 1"));
+        }
+        if self.max_events_per_span == 0 {
+            return Err(ConfigError::new("OTELRING_MAX_EVENTS_PER_SPAN", "must be at least 1"));
+        }
+        if self.max_items_per_request == 0 {
+            return Err(ConfigError::new("OTELRING_MAX_ITEMS_PER_REQUEST", "must be at least 1"));
+        }
+        if self.max_bytes == 0 {
+            return Err(ConfigError::new("INGEST_PIPELINE_MAX_BYTES", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The slow-span threshold in nanoseconds, `None` when slow priority is disabled.
+    pub fn slow_threshold_nanos(&self) -> Option<u64> {
+        u64::try_from(self.slow_threshold_ms).ok().filter(|&ms| ms > 0).map(|ms| ms.saturating_mul(1_000_000))
+    }
+}
+
+/// Checks a tenant id (DESIGN 1.4): not empty, at most [`MAX_TENANT_BYTES`], no control
+/// characters.
+pub fn validate_tenant(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("tenant id is empty".to_owned());
+    }
+    if t.len() > MAX_TENANT_BYTES {
+        return Err(format!("tenant id is {} bytes, over {MAX_TENANT_BYTES}", t.len()));
+    }
+    if t.chars().any(char::is_control) {
+        return Err("tenant id contains control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// Parses `INGEST_MIN_SEVERITY`: a SeverityNumber 1..=24 or a level name (TRACE, DEBUG, INFO,
+/// WARN, ERROR, FATAL, any case; WARNING is WARN).
+pub fn parse_severity(s: &str) -> Result<i32, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return if (1..=24).contains(&n) { Ok(n) } else { Err(format!("severity {n} is outside 1..=24")) };
+    }
+    severity_from_name(t)
+        .ok_or_else(|| format!("expected 1..=24 or TRACE|DEBUG|INFO|WARN|ERROR|FATAL, got {s:?}"))
+}
+
+/// The SeverityNumber of a level name (the lowest number of its range), any case.
+pub fn severity_from_name(t: &str) -> Option<i32> {
+    const NAMES: [(&str, i32); 7] = [
+        ("TRACE", 1),
+        ("DEBUG", 5),
+        ("INFO", 9),
+        ("WARNING", 13),
+        ("WARN", 13),
+        ("ERROR", 17),
+        ("FATAL", 21),
+    ];
+    NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(t)).map(|&(_, v)| v)
+}
+
+/// Parses a comma-separated service list (`INGEST_ALLOWED_SERVICES`, `INGEST_EXCLUDED_SERVICES`);
+/// blanks are ignored.
+pub fn parse_service_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect()
+}
+
+/// Default gRPC listener (DESIGN 1.5).
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:4317";
+/// Default HTTP listener (DESIGN 1.5).
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:4318";
+/// `OTELRING_MAX_BODY_BYTES`: HTTP body and gRPC message, wire and inflated (64 MiB: gRPC's own
+/// common server limit class, and far above the SDKs' batches of 512 spans).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// `OTELRING_MAX_INFLIGHT_BYTES`: bodies being read, inflated and decoded at once.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 256 * 1024 * 1024;
+/// `OTELRING_RETRY_AFTER_SECS`: the delay sent with every throttle; well under clients' 10 s
+/// export timeout, so they retry instead of giving up.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// `OTELRING_MAX_CONNECTIONS` over both listeners (DESIGN 1.5).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// `OTELRING_HEADER_READ_TIMEOUT` (DESIGN 1.5: 10 s; stops slowloris headers).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `OTELRING_BODY_READ_TIMEOUT` (DESIGN 1.5: 30 s).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// `OTELRING_KEEPALIVE_IDLE` (DESIGN 1.5: 90 s).
+pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(90);
+/// `OTELRING_MAX_CONCURRENT_STREAMS` per h2 connection (DESIGN 1.5: 256).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Network settings of `otelring serve` (DESIGN 1.5, 1.6).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    pub grpc_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
+    pub max_body_bytes: u64,
+    pub max_inflight_bytes: u64,
+    pub retry_after: Duration,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub keepalive_idle: Duration,
+    pub max_concurrent_streams: u32,
+    /// `OTELRING_API_KEYS_FILE`: lines `key tenant`; `None` = no auth.
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Allow a non-loopback bind without API keys.
+    pub allow_unauthenticated: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            retry_after: DEFAULT_RETRY_AFTER,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            keepalive_idle: DEFAULT_KEEPALIVE_IDLE,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            api_keys_file: None,
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the limits against each other and the pipeline's byte cap (DESIGN 1.2: start-up
+    /// refuses `INGEST_PIPELINE_MAX_BYTES` < `OTELRING_MAX_BODY_BYTES`).
+    pub fn validate(&self, pipeline: &PipelineConfig) -> Result<(), ConfigError> {
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::new("OTELRING_MAX_BODY_BYTES", "must be at least 1"));
+        }
+        if pipeline.max_bytes < self.max_body_bytes {
+            return Err(ConfigError::new(
+                "INGEST_PIPELINE_MAX_BYTES",
+                format!(
+                    "{} is below OTELRING_MAX_BODY_BYTES ({}): a body the server accepts could never be queued",
+                    pipeline.max_bytes, self.max_body_bytes
+                ),
+            ));
+        }
+        if self.max_inflight_bytes < self.max_body_bytes {
+            return Err(ConfigError::new(
+                "OTELRING_MAX_INFLIGHT_BYTES",
+                format!(
+                    "{} is below OTELRING_MAX_BODY_BYTES ({})",
+                    self.max_inflight_bytes, self.max_body_bytes
+                ),
+            ));
+        }
+        if self.retry_after.is_zero() || self.retry_after >= Duration::from_secs(10) {
+            return Err(ConfigError::new(
+                "OTELRING_RETRY_AFTER_SECS",
+                "must be 1 to 9 seconds (clients give up past their 10 s export timeout)",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("OTELRING_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::new("OTELRING_MAX_CONCURRENT_STREAMS", "must be at least 1"));
+        }
+        let public = !self.grpc_addr.ip().is_loopback() || !self.http_addr.ip().is_loopback();
+        if public && self.api_keys_file.is_none() && !self.allow_unauthenticated {
+            return Err(ConfigError::new(
+                "OTELRING_API_KEYS_FILE",
+                "binding a non-loopback address needs API keys (or --allow-unauthenticated)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads `OTELRING_API_KEYS_FILE`: one `key tenant` pair per line, `#` comments.
+    pub fn api_keys(&self) -> Result<std::collections::HashMap<String, String>, ConfigError> {
+        let mut keys = std::collections::HashMap::new();
+        let Some(path) = &self.api_keys_file else { return Ok(keys) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("OTELRING_API_KEYS_FILE", format!("{}: {e}", path.display())))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(k), Some(t), None) if t.len() <= 64 => {
+                    keys.insert(k.to_owned(), t.to_owned());
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        "OTELRING_API_KEYS_FILE",
+                        format!("line {}: expected `<key> <tenant>`", n + 1),
+                    ));
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Err(ConfigError::new("OTELRING_API_KEYS_FILE", "no keys in the file"));
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod decode_config_tests {
+    use super::*;
+
+    #[test]
+    fn decode_defaults_and_validation() {
+        let c = DecodeConfig::default();
+        assert_eq!(c.default_tenant, "default");
+        assert_eq!(c.slow_threshold_ms, 500);
+        assert_eq!(c.slow_threshold_nanos(), Some(500_000_000));
+        assert_eq!(c.max_any_value_depth, 32);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(DecodeConfig { slow_threshold_ms: 0, ..c.clone() }.slow_threshold_nanos(), None);
+        assert_eq!(DecodeConfig { slow_threshold_ms: -5, ..c.clone() }.slow_threshold_nanos(), None);
+        let bad = |f: fn(&mut DecodeConfig)| {
+            let mut d = DecodeConfig::default();
+            f(&mut d);
+            d.validate().unwrap_err().name
+        };
+        assert_eq!(bad(|d| d.default_tenant = String::new()), "DEFAULT_TENANT");
+        assert_eq!(bad(|d| d.default_tenant = "x".repeat(65)), "DEFAULT_TENANT");
+        assert_eq!(bad(|d| d.default_tenant = "a\nb".into()), "DEFAULT_TENANT");
+        assert_eq!(bad(|d| d.min_severity = Some(25)), "INGEST_MIN_SEVERITY");
+        assert_eq!(bad(|d| d.max_any_value_depth = 0), "OTELRING_MAX_ANY_VALUE_DEPTH");
+        assert_eq!(bad(|d| d.max_bytes = 0), "INGEST_PIPELINE_MAX_BYTES");
+    }
+
+    #[test]
+    fn severities_and_service_lists_parse() {
+        assert_eq!(parse_severity("warn"), Ok(13));
+        assert_eq!(parse_severity("ERROR"), Ok(17));
+        assert_eq!(parse_severity(" 21 "), Ok(21));
+        assert!(parse_severity("0").is_err());
+        assert!(parse_severity("loud").is_err());
+        assert_eq!(parse_service_list(" a, b ,,c "), vec!["a", "b", "c"]);
+        assert!(parse_service_list("").is_empty());
+    }
+}
+
 #[cfg(feature = "server")]
 pub use cli::*;
 
@@ -238,12 +631,160 @@ mod cli {
         pub command: Option<Command>,
         #[command(flatten)]
         pub pipeline: PipelineArgs,
+        #[command(flatten)]
+        pub store: StoreArgs,
+        #[command(flatten)]
+        pub server: ServerArgs,
     }
 
     #[derive(Debug, Subcommand)]
     pub enum Command {
+        /// Serve OTLP/gRPC and OTLP/HTTP into SQLite (the default command).
+        Serve,
         /// Validate the settings (flags and environment) and print the effective configuration.
         Config,
+        /// Run one read-only SQL query over every shard (TEMP views `traces`, `spans`, `logs`,
+        /// `metric_points` over the ATTACHed shard files; see docs/STORAGE.md).
+        Sql(SqlArgs),
+        /// Drive a running server with pre-encoded OTLP load and report throughput and latency
+        /// (built with `--features loadgen`).
+        #[cfg(feature = "loadgen")]
+        Loadgen(crate::loadgen::LoadgenArgs),
+    }
+
+    /// `otelring sql` arguments.
+    #[derive(Debug, Clone, Args)]
+    pub struct SqlArgs {
+        /// The query, e.g. "SELECT service_name, count(*) FROM spans GROUP BY 1".
+        pub query: String,
+        /// Print a JSON array of objects instead of a table.
+        #[arg(long)]
+        pub json: bool,
+    }
+
+    /// Network and decoding settings of `otelring serve` (DESIGN 1.5, 1.6).
+    #[derive(Debug, Clone, Args)]
+    pub struct ServerArgs {
+        /// OTLP/gRPC listen address.
+        #[arg(long, env = "OTELRING_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR, global = true)]
+        pub grpc_addr: std::net::SocketAddr,
+        /// OTLP/HTTP listen address (also /metrics, /healthz, /readyz).
+        #[arg(long, env = "OTELRING_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR, global = true)]
+        pub http_addr: std::net::SocketAddr,
+        /// Largest HTTP body or gRPC message, on the wire and inflated (bytes or KiB/MiB/GiB).
+        #[arg(long, env = "OTELRING_MAX_BODY_BYTES", default_value = "64MiB", value_parser = parse_size, global = true)]
+        pub max_body_bytes: u64,
+        /// Bytes of request bodies being read and decoded at once.
+        #[arg(long, env = "OTELRING_MAX_INFLIGHT_BYTES", default_value = "256MiB", value_parser = parse_size, global = true)]
+        pub max_inflight_bytes: u64,
+        /// Retry delay sent with every throttle (RetryInfo / Retry-After), in seconds.
+        #[arg(long, env = "OTELRING_RETRY_AFTER_SECS", default_value_t = 1, global = true)]
+        pub retry_after_secs: u64,
+        /// Open connections over both listeners.
+        #[arg(long, env = "OTELRING_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, global = true)]
+        pub max_connections: usize,
+        /// Time to receive a request's headers.
+        #[arg(long, env = "OTELRING_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+        pub header_read_timeout: Duration,
+        /// Time to receive a request's body.
+        #[arg(long, env = "OTELRING_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+        pub body_read_timeout: Duration,
+        /// Keep-alive ping interval of idle h2 connections.
+        #[arg(long, env = "OTELRING_KEEPALIVE_IDLE", default_value = "90s", value_parser = parse_duration, global = true)]
+        pub keepalive_idle: Duration,
+        /// Concurrent streams per HTTP/2 connection.
+        #[arg(long, env = "OTELRING_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS, global = true)]
+        pub max_concurrent_streams: u32,
+        /// File of bearer API keys, one `<key> <tenant>` per line. Unset: no auth.
+        #[arg(long, env = "OTELRING_API_KEYS_FILE", global = true)]
+        pub api_keys_file: Option<PathBuf>,
+        /// Allow binding a non-loopback address without API keys.
+        #[arg(long, env = "OTELRING_ALLOW_UNAUTHENTICATED", global = true)]
+        pub allow_unauthenticated: bool,
+        /// Tenant of requests without x-tenant-id.
+        #[arg(long, env = "DEFAULT_TENANT", default_value = DEFAULT_TENANT, global = true)]
+        pub default_tenant: String,
+        /// A span at or over this duration makes its trace priority; 0 or less disables it.
+        #[arg(long, env = "SAMPLING_LATENCY_THRESHOLD_MS", default_value_t = DEFAULT_SLOW_THRESHOLD_MS, allow_negative_numbers = true, global = true)]
+        pub slow_threshold_ms: i64,
+        /// Log records below this SeverityNumber (1..=24) are filtered.
+        #[arg(long, env = "INGEST_MIN_SEVERITY", global = true)]
+        pub min_severity: Option<i32>,
+        /// Only these services are kept (comma-separated).
+        #[arg(long, env = "INGEST_ALLOWED_SERVICES", value_delimiter = ',', global = true)]
+        pub allowed_services: Option<Vec<String>>,
+        /// These services are filtered (comma-separated).
+        #[arg(long, env = "INGEST_EXCLUDED_SERVICES", value_delimiter = ',', global = true)]
+        pub excluded_services: Vec<String>,
+    }
+
+    impl ServerArgs {
+        /// The validated server configuration (checked against the pipeline's byte cap).
+        pub fn server_config(&self, pipeline: &PipelineConfig) -> Result<ServerConfig, ConfigError> {
+            let cfg = ServerConfig {
+                grpc_addr: self.grpc_addr,
+                http_addr: self.http_addr,
+                max_body_bytes: self.max_body_bytes,
+                max_inflight_bytes: self.max_inflight_bytes,
+                retry_after: Duration::from_secs(self.retry_after_secs),
+                max_connections: self.max_connections,
+                header_read_timeout: self.header_read_timeout,
+                body_read_timeout: self.body_read_timeout,
+                keepalive_idle: self.keepalive_idle,
+                max_concurrent_streams: self.max_concurrent_streams,
+                api_keys_file: self.api_keys_file.clone(),
+                allow_unauthenticated: self.allow_unauthenticated,
+            };
+            cfg.validate(pipeline)?;
+            Ok(cfg)
+        }
+
+        /// The decoder's configuration (tenant default, priority threshold, filters, byte cap).
+        pub fn decode_config(&self, pipeline: &PipelineConfig) -> Result<DecodeConfig, ConfigError> {
+            let cfg = DecodeConfig {
+                default_tenant: self.default_tenant.clone(),
+                slow_threshold_ms: self.slow_threshold_ms,
+                min_severity: self.min_severity,
+                allowed_services: self.allowed_services.clone(),
+                excluded_services: self.excluded_services.clone(),
+                max_bytes: pipeline.max_bytes,
+                ..DecodeConfig::default()
+            };
+            cfg.validate()?;
+            Ok(cfg)
+        }
+    }
+
+    /// Store settings (DESIGN 1.3, 1.4, 1.6); every flag has an environment variable.
+    #[derive(Debug, Clone, Args)]
+    pub struct StoreArgs {
+        /// Dead-letter directory (default: the data directory's dlq/ subdirectory).
+        #[arg(long, env = "DLQ_PATH", global = true)]
+        pub dlq_path: Option<PathBuf>,
+        /// Dead-letter files kept over all shards; the oldest are evicted (and counted lost).
+        #[arg(long, env = "DLQ_MAX_FILES", default_value_t = DEFAULT_DLQ_MAX_FILES, global = true)]
+        pub dlq_max_files: u64,
+        /// Dead-letter bytes kept over all shards (bytes or KiB/MiB/GiB).
+        #[arg(long, env = "DLQ_MAX_BYTES", default_value = "512MiB", value_parser = parse_size, global = true)]
+        pub dlq_max_bytes: u64,
+        /// Age limit of stored rows by ingest time (e.g. 7d, 12h); 0 keeps everything.
+        #[arg(long, env = "OTELRING_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
+        pub retention: Duration,
+    }
+
+    impl StoreArgs {
+        /// The validated store configuration for `data_dir` (`--data-dir` / `OTELRING_DATA_DIR`).
+        pub fn store_config(&self, data_dir: &std::path::Path) -> Result<StoreConfig, ConfigError> {
+            let mut cfg = StoreConfig::for_data_dir(data_dir);
+            if let Some(p) = &self.dlq_path {
+                cfg.dlq_path = p.clone();
+            }
+            cfg.dlq_max_files = self.dlq_max_files;
+            cfg.dlq_max_bytes = self.dlq_max_bytes;
+            cfg.retention = self.retention;
+            cfg.validate()?;
+            Ok(cfg)
+        }
     }
 
     /// Pipeline settings (DESIGN 1.6); every flag has an environment variable of the same meaning.
@@ -283,7 +824,7 @@ mod cli {
         #[arg(long, env = "OTELRING_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
         pub shutdown_timeout: Duration,
         /// false = commit mode: answer each request only after its rows are committed.
-        #[arg(long = "async-enabled", env = "INGEST_ASYNC_ENABLED", default_value = "true", value_parser = parse_bool, global = true)]
+        #[arg(long = "async-enabled", env = "INGEST_ASYNC_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
         pub async_enabled: bool,
     }
 
@@ -343,6 +884,49 @@ mod tests {
         assert!(!c.commit_mode);
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.ring_slots(), 4096);
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn cli_without_flags_gives_the_defaults_and_refuses_a_shard_count_change() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["otelring"]).expect("no flags parse");
+        let cfg = cli.pipeline.pipeline_config(None).expect("defaults are valid");
+        assert_eq!(cfg, PipelineConfig::default());
+        // Unset workers reuse the recorded count; an explicit different value is refused.
+        assert_eq!(cli.pipeline.pipeline_config(Some(3)).map(|c| c.shards), Ok(3));
+        let cli = Cli::try_parse_from(["otelring", "--workers", "2"]).expect("parse");
+        assert_eq!(cli.pipeline.pipeline_config(Some(3)).unwrap_err().name, "INGEST_PIPELINE_WORKERS");
+        let cli =
+            Cli::try_parse_from(["otelring", "--max-bytes", "64MiB", "--async-enabled", "false"]).unwrap();
+        let cfg = cli.pipeline.pipeline_config(None).unwrap();
+        assert_eq!((cfg.max_bytes, cfg.commit_mode), (64 << 20, true));
+        assert!(Cli::try_parse_from(["otelring", "--max-bytes", "lots"]).is_err());
+    }
+
+    #[test]
+    fn server_limits_are_checked_and_public_binds_need_keys() {
+        let p = PipelineConfig::default();
+        let ok = ServerConfig::default();
+        assert_eq!(ok.validate(&p), Ok(()));
+        let name = |c: ServerConfig, p: &PipelineConfig| c.validate(p).unwrap_err().name;
+        let small = PipelineConfig { max_bytes: 1 << 20, ..PipelineConfig::default() };
+        assert_eq!(name(ok.clone(), &small), "INGEST_PIPELINE_MAX_BYTES");
+        assert_eq!(
+            name(ServerConfig { max_inflight_bytes: 1, ..ok.clone() }, &p),
+            "OTELRING_MAX_INFLIGHT_BYTES"
+        );
+        assert_eq!(
+            name(ServerConfig { retry_after: Duration::ZERO, ..ok.clone() }, &p),
+            "OTELRING_RETRY_AFTER_SECS"
+        );
+        assert_eq!(
+            name(ServerConfig { retry_after: Duration::from_secs(10), ..ok.clone() }, &p),
+            "OTELRING_RETRY_AFTER_SECS"
+        );
+        let public = ServerConfig { http_addr: "0.0.0.0:4318".parse().unwrap(), ..ok.clone() };
+        assert_eq!(name(public.clone(), &p), "OTELRING_API_KEYS_FILE");
+        assert_eq!(ServerConfig { allow_unauthenticated: true, ..public }.validate(&p), Ok(()));
     }
 
     #[test]

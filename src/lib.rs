@@ -15,6 +15,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod config;
+#[cfg(feature = "loadgen")]
+pub mod loadgen;
+#[cfg(feature = "server")]
+pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod ring;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod store;
 pub mod sync;

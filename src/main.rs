@@ -2,11 +2,15 @@
 
 use clap::Parser;
 use otelring::config::{Cli, Command};
+use otelring::pipeline::{Pipeline, Signal, Stats};
+use otelring::server;
+use otelring::store::{self, Store};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 fn main() -> ExitCode {
     match try_main() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("otelring: {e}");
             ExitCode::from(2)
@@ -14,7 +18,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn try_main() -> Result<(), Box<dyn std::error::Error>> {
+fn try_main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -23,11 +27,111 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Some(Command::Config) | None => {
-            let cfg = cli.pipeline.pipeline_config(None)?;
+        None | Some(Command::Serve) => serve(&cli),
+        Some(Command::Config) => {
+            let recorded = otelring::store::recorded_shards(&cli.pipeline.data_dir)?;
+            let cfg = cli.pipeline.pipeline_config(recorded)?;
             println!("data_dir = {}", cli.pipeline.data_dir.display());
             println!("{cfg:#?}");
-            Ok(())
+            let store = cli.store.store_config(&cli.pipeline.data_dir)?;
+            println!("{store:#?}");
+            let server = cli.server.server_config(&cfg)?;
+            println!("{server:#?}");
+            println!("{:#?}", cli.server.decode_config(&cfg)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "loadgen")]
+        Some(Command::Loadgen(args)) => {
+            otelring::loadgen::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Sql(args)) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            otelring::store::sql::run(&cli.pipeline.data_dir, &args.query, args.json, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `otelring serve`: opens the store, starts the pipeline and both listeners, serves until
+/// SIGTERM/SIGINT, drains, and exits 0 when nothing accepted was lost.
+fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let data_dir = &cli.pipeline.data_dir;
+    std::fs::create_dir_all(data_dir)?;
+    let recorded = store::recorded_shards(data_dir)?;
+    let pcfg = cli.pipeline.pipeline_config(recorded)?;
+    let scfg = cli.store.store_config(data_dir)?;
+    let server_cfg = cli.server.server_config(&pcfg)?;
+    let decode_cfg = cli.server.decode_config(&pcfg)?;
+    let stats = Arc::new(Stats::new());
+    let store = Store::open(&scfg, pcfg.shards, stats.clone())?;
+    let gauges = store.gauges();
+    let shards = pcfg.shards;
+    let pipeline = Arc::new(Pipeline::new(pcfg, stats)?);
+    pipeline.start(store.into_writers())?;
+    let shared = server::build(&server_cfg, decode_cfg, pipeline.clone(), gauges)?;
+    let metrics = shared.metrics.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(async {
+        let listeners = server::Listeners::bind(&server_cfg).await?;
+        let (grpc, http) = listeners.addrs()?;
+        println!(
+            "otelring listening: OTLP/gRPC on {grpc}, OTLP/HTTP on {http}; {shards} shard(s) in {}",
+            data_dir.display()
+        );
+        let (tx, rx) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        let wait_for = |n: u32| {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|&c| c >= n).await;
+            }
+        };
+        Ok::<_, std::io::Error>(server::run(shared, listeners, wait_for(1), wait_for(2)).await)
+    })?;
+    tracing::info!(
+        drained_in_time = report.drained_in_time,
+        spilled_items = report.spilled_items,
+        lost_items = report.lost_items,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "stopped"
+    );
+    // The final books, one line per signal (DESIGN 1.7), for operators and the tests.
+    let mut balanced = true;
+    for signal in Signal::ALL {
+        let b = metrics.books(signal);
+        balanced &= b.balanced();
+        eprintln!(
+            "otelring: books {signal} received={} dlq_recovered={} persisted={} dropped={} rejected={} \
+             filtered={} lost={} dlq_pending={} in_flight={} {}",
+            b.received,
+            b.dlq_recovered,
+            b.persisted,
+            b.dropped,
+            b.rejected,
+            b.filtered,
+            b.lost,
+            b.dlq_pending,
+            b.in_flight,
+            if b.balanced() { "balanced" } else { "UNBALANCED" }
+        );
+    }
+    Ok(if report.lost_items == 0 && balanced { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -1,5 +1,8 @@
 //! otelring's integration tests: one test binary (fast to link), one module per area.
 //! Shared helpers live in `util`.
 
+mod decode;
+mod e2e;
 mod pipeline;
+mod store;
 mod util;

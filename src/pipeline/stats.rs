@@ -218,6 +218,15 @@ impl Books {
 #[derive(Debug, Default)]
 pub struct Stats {
     signals: [SignalStats; Signal::COUNT],
+    /// Writer transaction time (the `BatchWriter::write` call of a group that committed), µs.
+    commit_us: Mutex<Option<hdr::Histogram>>,
+    /// Rows (all tables) per committed group.
+    rows_per_commit: Mutex<Option<hdr::Histogram>>,
+    /// Groups that committed / failed.
+    pub groups_committed: AtomicU64,
+    pub groups_failed: AtomicU64,
+    /// True while the last group a writer tried failed (for `/readyz`).
+    pub db_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {
@@ -226,5 +235,26 @@ impl Stats {
     }
     pub fn signal(&self, s: Signal) -> &SignalStats {
         &self.signals[s.index()]
+    }
+
+    /// Records one committed group: its write time and its rows.
+    pub fn record_commit(&self, took: Duration, rows: usize) {
+        self.groups_committed.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut h = self.commit_us.lock().unwrap_or_else(|p| p.into_inner());
+        h.get_or_insert_with(hdr::Histogram::new).record(us);
+        drop(h);
+        let mut h = self.rows_per_commit.lock().unwrap_or_else(|p| p.into_inner());
+        h.get_or_insert_with(hdr::Histogram::new).record(rows as u64);
+    }
+
+    /// Copy of the commit-time histogram (µs).
+    pub fn commit_time_snapshot(&self) -> hdr::Histogram {
+        self.commit_us.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+    }
+
+    /// Copy of the rows-per-commit histogram.
+    pub fn rows_per_commit_snapshot(&self) -> hdr::Histogram {
+        self.rows_per_commit.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
     }
 }

@@ -279,9 +279,18 @@ impl Writer {
     }
 
     fn process(&mut self, group: Group) {
+        let start = Instant::now();
         match self.write(&group) {
-            Ok(()) => self.committed(group.into_batches()),
-            Err(e) => self.failed(group, e),
+            Ok(()) => {
+                self.core.stats().record_commit(start.elapsed(), group.rows());
+                self.core.stats().db_failing.store(false, Ordering::Relaxed);
+                self.committed(group.into_batches());
+            }
+            Err(e) => {
+                self.core.stats().groups_failed.fetch_add(1, Ordering::Relaxed);
+                self.core.stats().db_failing.store(true, Ordering::Relaxed);
+                self.failed(group, e);
+            }
         }
     }
 

@@ -1,0 +1,16 @@
+//! Fuzz target `json_logs`: the property is `reference::check("json_logs", data)` (see
+//! tests/decode/reference.rs), the same check `tests/decode.rs` replays on stable Rust for every
+//! file in fuzz/seeds/json_logs and fuzz/regressions/json_logs.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/decode/reference.rs"]
+mod reference;
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(e) = reference::check("json_logs", data) {
+        panic!("property violated: {e}");
+    }
+});

@@ -1,0 +1,819 @@
+//! `otelring loadgen`: drives a running server over OTLP/gRPC or OTLP/HTTP (protobuf or JSON,
+//! gzip or not) with pre-encoded, distinct, realistic requests, and reports what happened.
+//!
+//! - Requests are built and encoded before the clock starts (prost types of the
+//!   `opentelemetry-proto` crate), every one with its own trace/span ids, so idempotent inserts
+//!   never hide work: several services, 5-span traces nested root → children, 10 attributes per
+//!   span, span events, a share of error and slow traces; log records of every severity; all five
+//!   metric types.
+//! - Two modes: `--rate R` is open loop (request i is due at start + i/R and its latency counts from
+//!   that due time, so coordinated omission cannot hide queueing); `--rate 0` sends as fast as
+//!   the server answers, `--concurrency` calls in flight.
+//! - Output: a progress line per second on stderr; at the end a table (or `--json`) with sent,
+//!   accepted, partial-success dropped, throttled, errors, Export latency p50/p90/p99/p999/max
+//!   (hdrhistogram), and, scraped from the server's `/metrics`, persisted items and the end-to-end
+//!   latency.
+//!
+//! Built only with the `loadgen` feature, so its dependencies stay out of the server binary.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram,
+    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary,
+    SummaryDataPoint, exponential_histogram_data_point::Buckets, metric, number_data_point,
+    summary_data_point::ValueAtQuantile,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+use prost::Message;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Spans per generated trace (a root and its children).
+pub const SPANS_PER_TRACE: u64 = 5;
+/// Attributes per generated span.
+pub const ATTRIBUTES_PER_SPAN: usize = 10;
+/// Services the generated resources cycle through.
+pub const SERVICES: [&str; 5] = ["checkout", "cart", "payment", "shipping", "frontend"];
+/// Largest items per request accepted by `--items`.
+pub const MAX_ITEMS: u64 = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wire {
+    Grpc,
+    Http,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Traces,
+    Logs,
+    Metrics,
+    /// Traces, logs and metrics in turn.
+    Mixed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Enc {
+    Proto,
+    Json,
+}
+
+/// `otelring loadgen` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadgenArgs {
+    /// Transport.
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub transport: Wire,
+    /// The server's OTLP/gRPC address.
+    #[arg(long = "target-grpc", default_value = "127.0.0.1:4317")]
+    pub target_grpc: SocketAddr,
+    /// The server's OTLP/HTTP address (also scraped for /metrics at the end).
+    #[arg(long = "target-http", default_value = "127.0.0.1:4318")]
+    pub target_http: SocketAddr,
+    /// What to send.
+    #[arg(long, value_enum, default_value = "traces")]
+    pub signal: Kind,
+    /// Body encoding for OTLP/HTTP (gRPC is always protobuf).
+    #[arg(long, value_enum, default_value = "proto")]
+    pub encoding: Enc,
+    /// Compress bodies with gzip.
+    #[arg(long)]
+    pub gzip: bool,
+    /// Distinct pre-encoded requests to send.
+    #[arg(long, default_value_t = 800)]
+    pub requests: u64,
+    /// Items (spans, log records, data points) per request, 1..=10000.
+    #[arg(long, default_value_t = 1_000)]
+    pub items: u64,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Connections (calls are spread over them; HTTP/1.1 uses one connection per call in flight).
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// Requests per second (open loop); 0 sends as fast as the server answers.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Share of traces with an ERROR span (priority data).
+    #[arg(long, default_value_t = 0.02)]
+    pub error_share: f64,
+    /// Share of traces with a span over 500 ms (priority data).
+    #[arg(long, default_value_t = 0.02)]
+    pub slow_share: f64,
+    /// Seed of the generator: two runs with different seeds send different ids.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Tenant header to send.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Print the result as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
+
+fn s(v: &str) -> any_value::Value {
+    any_value::Value::StringValue(v.into())
+}
+
+fn resource(service: &str, host: u64) -> Option<Resource> {
+    Some(Resource {
+        attributes: vec![
+            kv("service.name", s(service)),
+            kv("service.version", s("1.4.2")),
+            kv("host.name", s(&format!("host-{host}"))),
+            kv("deployment.environment", s("load")),
+        ],
+        ..Default::default()
+    })
+}
+
+fn scope() -> Option<InstrumentationScope> {
+    Some(InstrumentationScope { name: "otelring.loadgen".into(), version: "1".into(), ..Default::default() })
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Request `r` of the run: distinct ids from (seed, r, item).
+fn traces_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportTraceServiceRequest {
+    let base = now_ns();
+    let traces = a.items.div_ceil(SPANS_PER_TRACE);
+    let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
+    let mut left = a.items;
+    for t in 0..traces {
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&a.seed.to_be_bytes());
+        trace_id[8..].copy_from_slice(&((r << 24) | t).to_be_bytes());
+        let error = rng.f64() < a.error_share;
+        let slow = rng.f64() < a.slow_share;
+        let service = (t as usize) % SERVICES.len();
+        let n = left.min(SPANS_PER_TRACE);
+        left -= n;
+        let start = base - 1_000_000_000 + t * 1_000;
+        for i in 0..n {
+            let span_id = ((r << 32) | (t << 4) | (i + 1)).to_be_bytes().to_vec();
+            let parent = if i == 0 { Vec::new() } else { ((r << 32) | (t << 4) | 1).to_be_bytes().to_vec() };
+            let dur = if slow && i == 0 { 600_000_000 } else { 1_000_000 + rng.u64(0..20_000_000) };
+            let mut attributes = vec![
+                kv("http.method", s(["GET", "POST", "PUT"][(i % 3) as usize])),
+                kv("http.route", s(&format!("/api/v1/items/{}", rng.u32(0..500)))),
+                kv(
+                    "http.status_code",
+                    any_value::Value::IntValue(if error && i == n - 1 { 500 } else { 200 }),
+                ),
+                kv("net.peer.name", s("10.0.0.7")),
+                kv("user.id", any_value::Value::IntValue(rng.i64(0..1_000_000))),
+                kv("cache.hit", any_value::Value::BoolValue(rng.bool())),
+                kv("db.rows", any_value::Value::DoubleValue(rng.f64() * 100.0)),
+                kv("thread.name", s("worker-3")),
+                kv("feature.flags", s("new-cart,fast-pay")),
+                kv("request.id", s(&format!("{r:x}-{t:x}-{i:x}"))),
+            ];
+            attributes.truncate(ATTRIBUTES_PER_SPAN);
+            let events = if i == 1 {
+                vec![span::Event {
+                    time_unix_nano: start + 500,
+                    name: if error { "exception".into() } else { "cache.miss".into() },
+                    attributes: vec![kv("exception.message", s("upstream timed out"))],
+                    ..Default::default()
+                }]
+            } else {
+                Vec::new()
+            };
+            by_service[service].push(Span {
+                trace_id: trace_id.to_vec(),
+                span_id,
+                parent_span_id: parent,
+                name: format!("{} /api/v1/items", ["GET", "POST", "PUT"][(i % 3) as usize]),
+                kind: if i == 0 { 2 } else { 3 },
+                start_time_unix_nano: start + i * 100,
+                end_time_unix_nano: start + i * 100 + dur,
+                attributes,
+                events,
+                status: Some(Status {
+                    code: if error && i == n - 1 { 2 } else { 0 },
+                    message: if error && i == n - 1 { "upstream failed".into() } else { String::new() },
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(i, spans)| ResourceSpans {
+                resource: resource(SERVICES[i], r % 16),
+                scope_spans: vec![ScopeSpans { scope: scope(), spans, ..Default::default() }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn logs_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportLogsServiceRequest {
+    let base = now_ns();
+    let records = (0..a.items)
+        .map(|i| {
+            let sev = (i % 24 + 1) as i32;
+            let mut trace_id = Vec::new();
+            if i % 3 == 0 {
+                trace_id = [a.seed.to_be_bytes(), ((r << 24) | i | (1 << 23)).to_be_bytes()].concat();
+            }
+            LogRecord {
+                time_unix_nano: base - 1_000_000 + i,
+                observed_time_unix_nano: base,
+                severity_number: sev,
+                severity_text: ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"][((sev - 1) / 4) as usize]
+                    .into(),
+                body: Some(AnyValue {
+                    value: Some(s(&format!("request {r}/{i} handled in {} ms", rng.u32(1..900)))),
+                }),
+                attributes: vec![
+                    kv("code.function", s("handle")),
+                    kv("user.id", any_value::Value::IntValue(rng.i64(0..1_000_000))),
+                    kv("request.id", s(&format!("{r:x}-{i:x}"))),
+                ],
+                span_id: if trace_id.is_empty() { Vec::new() } else { vec![1; 8] },
+                trace_id,
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: resource(SERVICES[(r as usize) % SERVICES.len()], r % 16),
+            scope_logs: vec![ScopeLogs { scope: scope(), log_records: records, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn metrics_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportMetricsServiceRequest {
+    let now = now_ns();
+    let attrs = |i: u64| {
+        vec![
+            kv("route", s(&format!("/r/{}", i % 50))),
+            kv("request.seq", any_value::Value::IntValue((r * MAX_ITEMS + i) as i64)),
+        ]
+    };
+    let metrics = (0..a.items)
+        .map(|i| {
+            let data = match i % 5 {
+                0 => metric::Data::Gauge(Gauge {
+                    data_points: vec![NumberDataPoint {
+                        attributes: attrs(i),
+                        time_unix_nano: now,
+                        value: Some(number_data_point::Value::AsDouble(rng.f64() * 100.0)),
+                        ..Default::default()
+                    }],
+                }),
+                1 => metric::Data::Sum(Sum {
+                    data_points: vec![NumberDataPoint {
+                        attributes: attrs(i),
+                        start_time_unix_nano: now - 60_000_000_000,
+                        time_unix_nano: now,
+                        value: Some(number_data_point::Value::AsInt(rng.i64(0..100_000))),
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: true,
+                }),
+                2 => metric::Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        attributes: attrs(i),
+                        start_time_unix_nano: now - 60_000_000_000,
+                        time_unix_nano: now,
+                        count: 10,
+                        sum: Some(123.5),
+                        bucket_counts: vec![1, 2, 3, 4],
+                        explicit_bounds: vec![5.0, 10.0, 50.0],
+                        min: Some(0.5),
+                        max: Some(70.0),
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: AggregationTemporality::Delta as i32,
+                }),
+                3 => metric::Data::ExponentialHistogram(ExponentialHistogram {
+                    data_points: vec![ExponentialHistogramDataPoint {
+                        attributes: attrs(i),
+                        time_unix_nano: now,
+                        count: 6,
+                        sum: Some(20.0),
+                        scale: 2,
+                        zero_count: 1,
+                        positive: Some(Buckets { offset: 1, bucket_counts: vec![2, 3] }),
+                        negative: Some(Buckets { offset: 0, bucket_counts: vec![] }),
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: AggregationTemporality::Delta as i32,
+                }),
+                _ => metric::Data::Summary(Summary {
+                    data_points: vec![SummaryDataPoint {
+                        attributes: attrs(i),
+                        time_unix_nano: now,
+                        count: 4,
+                        sum: 10.0,
+                        quantile_values: vec![
+                            ValueAtQuantile { quantile: 0.5, value: 2.0 },
+                            ValueAtQuantile { quantile: 0.99, value: 4.0 },
+                        ],
+                        ..Default::default()
+                    }],
+                }),
+            };
+            Metric {
+                name: format!("load.metric.{}", i % 5),
+                unit: "1".into(),
+                data: Some(data),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: resource(SERVICES[(r as usize) % SERVICES.len()], r % 16),
+            scope_metrics: vec![ScopeMetrics { scope: scope(), metrics, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// One pre-encoded request.
+struct Prepared {
+    signal: crate::pipeline::Signal,
+    body: Bytes,
+    items: u64,
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = e.write_all(b);
+    e.finish().unwrap_or_default()
+}
+
+fn prepare(a: &LoadgenArgs) -> Result<Vec<Prepared>, String> {
+    use crate::pipeline::Signal;
+    let mut rng = fastrand::Rng::with_seed(a.seed);
+    let json = a.transport == Wire::Http && a.encoding == Enc::Json;
+    (0..a.requests)
+        .map(|r| {
+            let kind = match a.signal {
+                Kind::Mixed => [Kind::Traces, Kind::Logs, Kind::Metrics][(r % 3) as usize],
+                k => k,
+            };
+            let (signal, raw) = match kind {
+                Kind::Traces | Kind::Mixed => {
+                    let m = traces_request(a, r, &mut rng);
+                    let raw = if json {
+                        serde_json::to_vec(&m).map_err(|e| e.to_string())?
+                    } else {
+                        m.encode_to_vec()
+                    };
+                    (Signal::Traces, raw)
+                }
+                Kind::Logs => {
+                    let m = logs_request(a, r, &mut rng);
+                    let raw = if json {
+                        serde_json::to_vec(&m).map_err(|e| e.to_string())?
+                    } else {
+                        m.encode_to_vec()
+                    };
+                    (Signal::Logs, raw)
+                }
+                Kind::Metrics => {
+                    let m = metrics_request(a, r, &mut rng);
+                    let raw = if json {
+                        serde_json::to_vec(&m).map_err(|e| e.to_string())?
+                    } else {
+                        m.encode_to_vec()
+                    };
+                    (Signal::Metrics, raw)
+                }
+            };
+            let payload = if a.gzip { gzip(&raw) } else { raw };
+            let body = if a.transport == Wire::Grpc {
+                let mut framed = Vec::with_capacity(payload.len() + 5);
+                crate::otlp::grpc_frame::encode_frame(a.gzip, &payload, &mut framed);
+                framed
+            } else {
+                payload
+            };
+            Ok(Prepared { signal, body: Bytes::from(body), items: a.items })
+        })
+        .collect()
+}
+
+/// What one call came back with.
+enum Reply {
+    Accepted { dropped: u64 },
+    Throttled,
+    Error(String),
+}
+
+/// Counters and latency of the whole run.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    accepted_calls: AtomicU64,
+    accepted_items: AtomicU64,
+    dropped_items: AtomicU64,
+    throttled: AtomicU64,
+    errors: AtomicU64,
+    /// Export latency in µs (1 µs to 10 min, 3 significant digits).
+    latency_us: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            latency_us: std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).ok(),
+            ),
+            ..Self::default()
+        }
+    }
+}
+
+impl Tally {
+    fn record(&self, items: u64, reply: Reply, latency: Duration) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        match reply {
+            Reply::Accepted { dropped } => {
+                self.accepted_calls.fetch_add(1, Ordering::Relaxed);
+                self.accepted_items.fetch_add(items.saturating_sub(dropped), Ordering::Relaxed);
+                self.dropped_items.fetch_add(dropped, Ordering::Relaxed);
+            }
+            Reply::Throttled => {
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+            }
+            Reply::Error(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            }
+        }
+        if let Some(h) = self.latency_us.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            h.saturating_record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1));
+        }
+    }
+}
+
+/// A client connection: an h2 handle for gRPC, or an HTTP/1.1 connection per task.
+enum Conn {
+    Grpc(h2::client::SendRequest<Bytes>),
+    Http(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+}
+
+async fn connect_grpc(addr: SocketAddr) -> Result<h2::client::SendRequest<Bytes>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .handshake(tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+async fn connect_http(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
+fn grpc_path(signal: crate::pipeline::Signal) -> &'static str {
+    match signal {
+        crate::pipeline::Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        crate::pipeline::Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        crate::pipeline::Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    }
+}
+
+/// Reads `partial_success.rejected_*` (field 1 of field 1) from a protobuf Export response.
+fn dropped_of(body: &[u8]) -> u64 {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    ExportTraceServiceResponse::decode(body)
+        .ok()
+        .and_then(|r| r.partial_success)
+        .map_or(0, |p| p.rejected_spans.max(0) as u64)
+}
+
+async fn call(conn: &mut Conn, a: &LoadgenArgs, p: &Prepared) -> Reply {
+    match conn {
+        Conn::Grpc(h2c) => {
+            let mut b = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://{}{}", a.target_grpc, grpc_path(p.signal)))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+            if a.gzip {
+                b = b.header("grpc-encoding", "gzip");
+            }
+            if let Some(t) = &a.tenant {
+                b = b.header("x-tenant-id", t.as_str());
+            }
+            let Ok(req) = b.body(()) else { return Reply::Error("bad request".into()) };
+            let ready = match h2c.clone().ready().await {
+                Ok(r) => r,
+                Err(e) => return Reply::Error(e.to_string()),
+            };
+            *h2c = ready;
+            let (resp, mut send) = match h2c.send_request(req, false) {
+                Ok(x) => x,
+                Err(e) => return Reply::Error(e.to_string()),
+            };
+            let _ = send.send_data(p.body.clone(), true);
+            let resp = match resp.await {
+                Ok(r) => r,
+                Err(e) => return Reply::Error(e.to_string()),
+            };
+            let mut meta = resp.headers().clone();
+            let mut body = resp.into_body();
+            let mut data = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let Ok(chunk) = chunk else { break };
+                let _ = body.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+            }
+            if let Ok(Some(t)) = body.trailers().await {
+                meta.extend(t);
+            }
+            match meta.get("grpc-status").and_then(|v| v.to_str().ok()) {
+                Some("0") => Reply::Accepted { dropped: data.get(5..).map_or(0, dropped_of) },
+                Some("8") if meta.contains_key("google.rpc.retryinfo-bin") => Reply::Throttled,
+                other => Reply::Error(format!(
+                    "grpc-status {other:?}: {}",
+                    meta.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("")
+                )),
+            }
+        }
+        Conn::Http(send) => {
+            let path = match p.signal {
+                crate::pipeline::Signal::Traces => "/v1/traces",
+                crate::pipeline::Signal::Logs => "/v1/logs",
+                crate::pipeline::Signal::Metrics => "/v1/metrics",
+            };
+            let json = a.encoding == Enc::Json;
+            let mut b = http::Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("host", a.target_http.to_string())
+                .header("content-type", if json { "application/json" } else { "application/x-protobuf" });
+            if a.gzip {
+                b = b.header("content-encoding", "gzip");
+            }
+            if let Some(t) = &a.tenant {
+                b = b.header("x-tenant-id", t.as_str());
+            }
+            let Ok(req) = b.body(Full::new(p.body.clone())) else {
+                return Reply::Error("bad request".into());
+            };
+            if send.ready().await.is_err() {
+                match connect_http(a.target_http).await {
+                    Ok(s) => *send = s,
+                    Err(e) => return Reply::Error(e),
+                }
+            }
+            let resp = match send.send_request(req).await {
+                Ok(r) => r,
+                Err(e) => return Reply::Error(e.to_string()),
+            };
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            match status {
+                200 if json => {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let p = &v["partialSuccess"];
+                    let d = ["rejectedSpans", "rejectedLogRecords", "rejectedDataPoints"]
+                        .iter()
+                        .find_map(|k| p[*k].as_str().and_then(|s| s.parse().ok()).or(p[*k].as_u64()))
+                        .unwrap_or(0);
+                    Reply::Accepted { dropped: d }
+                }
+                200 => Reply::Accepted { dropped: dropped_of(&body) },
+                429 | 503 => Reply::Throttled,
+                s => Reply::Error(format!("HTTP {s}: {}", String::from_utf8_lossy(&body))),
+            }
+        }
+    }
+}
+
+/// Scrapes one counter family's value for `signal` from the server's `/metrics`.
+async fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut send = connect_http(addr).await.ok()?;
+    let req = http::Request::builder()
+        .uri("/metrics")
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8(body.to_vec()).ok()
+}
+
+fn metric_value(text: &str, name: &str, signal: &str) -> Option<f64> {
+    let label = format!("signal=\"{signal}\"");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&label) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+/// Runs the load and prints the result. Returns an error when nothing could be sent.
+pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if a.items == 0 || a.items > MAX_ITEMS {
+        return Err(format!("--items must be 1..={MAX_ITEMS}").into());
+    }
+    let prep_start = Instant::now();
+    let prepared = Arc::new(prepare(&a)?);
+    let bytes: u64 = prepared.iter().map(|p| p.body.len() as u64).sum();
+    eprintln!(
+        "loadgen: {} requests × {} items pre-encoded ({:.1} MB) in {:.1} s",
+        prepared.len(),
+        a.items,
+        bytes as f64 / 1e6,
+        prep_start.elapsed().as_secs_f64()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let a = Arc::new(a);
+    let tally = Arc::new(Tally::new());
+    let next = Arc::new(AtomicU64::new(0));
+    let (elapsed, scraped_before) = rt.block_on(async {
+        let before = scrape(a.target_http).await;
+        let mut grpc_conns = Vec::new();
+        if a.transport == Wire::Grpc {
+            for _ in 0..a.connections.max(1) {
+                grpc_conns.push(connect_grpc(a.target_grpc).await?);
+            }
+        }
+        let start = Instant::now();
+        let progress = {
+            let tally = tally.clone();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(Duration::from_secs(1));
+                t.tick().await;
+                loop {
+                    t.tick().await;
+                    let s = start.elapsed().as_secs_f64();
+                    eprintln!(
+                        "loadgen: {:>5.1} s  sent {}  accepted items {} ({:.0}/s)  dropped {}  throttled {}  errors {}",
+                        s,
+                        tally.sent.load(Ordering::Relaxed),
+                        tally.accepted_items.load(Ordering::Relaxed),
+                        tally.accepted_items.load(Ordering::Relaxed) as f64 / s,
+                        tally.dropped_items.load(Ordering::Relaxed),
+                        tally.throttled.load(Ordering::Relaxed),
+                        tally.errors.load(Ordering::Relaxed)
+                    );
+                }
+            })
+        };
+        let mut tasks = Vec::new();
+        for w in 0..a.concurrency.max(1) {
+            let mut conn = match a.transport {
+                Wire::Grpc => Conn::Grpc(grpc_conns[w % grpc_conns.len()].clone()),
+                Wire::Http => Conn::Http(connect_http(a.target_http).await?),
+            };
+            let (a, tally, next, prepared) = (a.clone(), tally.clone(), next.clone(), prepared.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(p) = prepared.get(i as usize) else { break };
+                    // Open loop: request i is due at start + i / rate; latency counts from then.
+                    let due = if a.rate > 0.0 {
+                        let d = start + Duration::from_secs_f64(i as f64 / a.rate);
+                        tokio::time::sleep_until(d.into()).await;
+                        d
+                    } else {
+                        Instant::now()
+                    };
+                    let reply = call(&mut conn, &a, p).await;
+                    tally.record(p.items, reply, due.elapsed());
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        progress.abort();
+        Ok::<_, String>((start.elapsed(), before))
+    })?;
+    let after = rt.block_on(async {
+        // Give the writers a moment to commit what was just accepted.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        scrape(a.target_http).await
+    });
+    report(&a, &tally, elapsed, scraped_before.as_deref(), after.as_deref());
+    Ok(())
+}
+
+fn report(a: &LoadgenArgs, t: &Tally, elapsed: Duration, before: Option<&str>, after: Option<&str>) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let h = t.latency_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let q = |x: f64| h.as_ref().map_or(0.0, |h| h.value_at_quantile(x) as f64 / 1_000.0);
+    let max = h.as_ref().map_or(0.0, |h| h.max() as f64 / 1_000.0);
+    let signals: &[&str] = match a.signal {
+        Kind::Traces => &["traces"],
+        Kind::Logs => &["logs"],
+        Kind::Metrics => &["metrics"],
+        Kind::Mixed => &["traces", "logs", "metrics"],
+    };
+    let persisted = |text: Option<&str>| {
+        text.map(|x| {
+            signals
+                .iter()
+                .filter_map(|s| metric_value(x, "otelring_ingest_persisted_items_total", s))
+                .sum::<f64>()
+        })
+    };
+    let persisted_delta = match (persisted(before), persisted(after)) {
+        (Some(b), Some(a)) => Some(a - b),
+        _ => None,
+    };
+    let accepted = t.accepted_items.load(Ordering::Relaxed);
+    let v = serde_json::json!({
+        "transport": format!("{:?}", a.transport).to_lowercase(),
+        "signal": format!("{:?}", a.signal).to_lowercase(),
+        "encoding": format!("{:?}", a.encoding).to_lowercase(),
+        "gzip": a.gzip,
+        "requests": a.requests,
+        "items_per_request": a.items,
+        "concurrency": a.concurrency,
+        "rate": a.rate,
+        "elapsed_s": secs,
+        "sent": t.sent.load(Ordering::Relaxed),
+        "accepted_calls": t.accepted_calls.load(Ordering::Relaxed),
+        "accepted_items": accepted,
+        "accepted_items_per_s": accepted as f64 / secs,
+        "dropped_items": t.dropped_items.load(Ordering::Relaxed),
+        "throttled": t.throttled.load(Ordering::Relaxed),
+        "errors": t.errors.load(Ordering::Relaxed),
+        "first_error": t.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        "latency_ms": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": max },
+        "server_persisted_items_delta": persisted_delta,
+        "server_e2e_latency_buckets": after.map(|x| x.lines().filter(|l| l.starts_with("otelring_ingest_e2e_latency_seconds_count")).map(str::to_owned).collect::<Vec<_>>()),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    println!("transport        {:?} ({:?}{})", a.transport, a.encoding, if a.gzip { ", gzip" } else { "" });
+    println!(
+        "signal           {:?}, {} requests × {} items, concurrency {}",
+        a.signal, a.requests, a.items, a.concurrency
+    );
+    println!("elapsed          {secs:.2} s");
+    println!("sent             {}", v["sent"]);
+    println!("accepted items   {accepted} ({:.0}/s)", accepted as f64 / secs);
+    println!("dropped (partial){:>}", format!(" {}", v["dropped_items"]));
+    println!("throttled        {}", v["throttled"]);
+    println!(
+        "errors           {}{}",
+        v["errors"],
+        t.first_error
+            .lock()
+            .map(|e| e.clone().map(|e| format!(" (first: {e})")).unwrap_or_default())
+            .unwrap_or_default()
+    );
+    println!(
+        "latency ms       p50 {:.2}  p90 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        max
+    );
+    match persisted_delta {
+        Some(d) => println!("server persisted {d:.0} items during the run (+500 ms)"),
+        None => println!("server persisted (could not scrape /metrics at {})", a.target_http),
+    }
+}

@@ -1,0 +1,991 @@
+//! The SQLite shard writer: writer thread i's [`BatchWriter`] over `<data dir>/otelring-<i>.db`.
+//!
+//! - One transaction per coalesced group, in FK order: one trace upsert per (tenant, trace) of
+//!   the group (the group's trace rows are merged in memory first), then spans
+//!   (`INSERT OR IGNORE`: the unique index `spans_key` makes them idempotent), logs, metric points.
+//! - Trace rule (DESIGN 1.4), in memory within a group and in the upsert across groups: start =
+//!   min, end = max, duration = end − start, the root span's service once it arrives (else the
+//!   first seen), status only upgrades toward ERROR.
+//! - Rows are bound from borrowed fields; ids are formatted as hex into stack buffers.
+//! - Failures roll the transaction back and return [`WriteError::Database`]; the writer loop then
+//!   retries commit-mode batches alone and spills async batches through [`BatchWriter::spill`]
+//!   into this shard's DLQ, which [`BatchWriter::maintain`] replays with backoff (bisecting a
+//!   group that fails for a permanent reason, isolating poison units).
+//! - WAL: SQLite runs a PASSIVE checkpoint (never waits) right after any commit that leaves
+//!   [`CHECKPOINT_PAGES`] or more frames in the WAL (and after retention deletes); a TRUNCATE
+//!   checkpoint runs with the busy handler off when the WAL file passes [`WAL_TRUNCATE_BYTES`];
+//!   the WAL size is published in [`ShardGauges::wal_bytes`] and logged when over
+//!   [`WAL_WARN_BYTES`].
+//! - Maintenance (DLQ replay, retention, WAL truncation) runs from `maintain`, which the writer
+//!   loop calls between groups whenever the delay it returned has passed, under load as when idle.
+//! - Retention deletes rows older than `OTELRING_RETENTION` in bounded transactions between
+//!   groups (see [`ShardWriter::retention_step`]).
+
+use super::dlq::{self, DlqError, Entry, ShardDlq};
+use super::schema;
+use super::{Faults, ShardGauges, StoreError};
+use crate::pipeline::batch::{
+    Batch, LogRow, MetricPointRow, NumberValue, Rows, Signal, SpanRow, StatusCode, TraceId,
+};
+use crate::pipeline::stats::LostReason;
+use crate::pipeline::{BatchWriter, Group, Stats, WriteError};
+use rusqlite::types::Value;
+use rusqlite::{Connection, ErrorCode, OpenFlags, Statement};
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How long a statement waits for a lock held by another connection (a reader's checkpoint or
+/// `otelring sql` never holds the write lock; this only covers outside tools such as `sqlite3`).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page cache per shard, KiB (`PRAGMA cache_size = -N`). Random trace ids scatter inserts over
+/// the whole `spans_key` index, so the cache should hold its interior pages and as many leaves
+/// as affordable (SQLite's default is 2 MiB; the default was not measured against this). 64 MiB
+/// per shard is part of the memory budget (docs/PERFORMANCE.md);
+/// 256 MiB and `mmap_size` = 256 MiB measured no better (300,000-span runs, 1.42–1.61× the
+/// baseline either way).
+pub const CACHE_KIB: i64 = 64 * 1024;
+/// `PRAGMA journal_size_limit`: the WAL file is truncated to this after a checkpoint resets it,
+/// so one large transaction does not keep its disk space forever.
+pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// WAL size above which `maintain` attempts a TRUNCATE checkpoint (busy handler off). PASSIVE
+/// checkpoints keep the WAL near one transaction (≈ 10–20 MB at 20,000 rows) unless a reader
+/// holds an old snapshot.
+pub const WAL_TRUNCATE_BYTES: u64 = 256 * 1024 * 1024;
+/// WAL size above which a warning is logged (at most once per [`WAL_WARN_INTERVAL`]).
+pub const WAL_WARN_BYTES: u64 = 1024 * 1024 * 1024;
+pub const WAL_WARN_INTERVAL: Duration = Duration::from_secs(60);
+/// First delay before a DLQ replay after a failure; doubles up to [`REPLAY_MAX_BACKOFF`].
+pub const REPLAY_MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between replay attempts while the database keeps failing.
+pub const REPLAY_MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// DLQ files replayed per maintenance tick: one file is one spilled group (≤ `INGEST_WRITER_MAX_ROWS`
+/// rows), one transaction of ~0.1 s, so a tick never delays the lanes for long.
+pub const REPLAY_FILES_PER_TICK: usize = 1;
+/// Retention: traces (with their spans: about 5 per trace in our loads) per delete transaction.
+pub const RETENTION_TRACES_PER_STEP: i64 = 500;
+/// Retention: log / metric-point rows examined per delete transaction (a few ms).
+pub const RETENTION_ROWS_PER_STEP: i64 = 2_000;
+/// How often retention looks for old rows once it has caught up.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Pause between retention steps while there is more to delete (lets groups in between).
+pub const RETENTION_BUSY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// PASSIVE checkpoint threshold in WAL pages (`PRAGMA wal_autocheckpoint`: SQLite runs a
+/// PASSIVE checkpoint right after a commit that leaves at least this many frames in the WAL).
+/// SQLite's default is 1,000 (4 MiB); 16,384 (64 MiB at 4 KiB pages) lets pages dirtied again by
+/// later transactions (index leaves, trace rows) be written to the database once per checkpoint
+/// instead of once per 1,000 pages: 1.7× the span rate at 20,000-span groups (docs/PERFORMANCE.md).
+pub const CHECKPOINT_PAGES: i64 = 16_384;
+
+/// The shard file name of shard `i`.
+pub fn shard_file_name(i: usize) -> String {
+    format!("otelring-{i}.db")
+}
+
+/// Opens (creating if needed) a shard file for writing, with the pragmas of DESIGN 1.4, and
+/// migrates its schema.
+pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::sqlite(path, e))?;
+    let setup = |c: &Connection| -> rusqlite::Result<()> {
+        c.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::InvalidParameterName(format!("journal_mode is {mode}, not wal")));
+        }
+        c.execute_batch(&format!(
+            "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{CACHE_KIB}; \
+             PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}; PRAGMA wal_autocheckpoint = {}; \
+             PRAGMA temp_store = MEMORY;",
+            CHECKPOINT_PAGES
+        ))?;
+        c.set_prepared_statement_cache_capacity(32);
+        Ok(())
+    };
+    setup(&conn).map_err(|e| StoreError::sqlite(path, e))?;
+    schema::migrate(&mut conn).map_err(|e| StoreError::Migrate { path: path.to_owned(), source: e })?;
+    Ok(conn)
+}
+
+const UPSERT_TRACE: &str = "INSERT INTO traces (tenant_id, trace_id, service_name, start_time_unix_nano, \
+    end_time_unix_nano, duration_us, status, has_root, ingested_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+    ON CONFLICT (tenant_id, trace_id) DO UPDATE SET \
+      service_name = CASE WHEN excluded.has_root AND NOT traces.has_root THEN excluded.service_name \
+                          ELSE traces.service_name END, \
+      has_root = traces.has_root OR excluded.has_root, \
+      start_time_unix_nano = min(traces.start_time_unix_nano, excluded.start_time_unix_nano), \
+      end_time_unix_nano = max(traces.end_time_unix_nano, excluded.end_time_unix_nano), \
+      duration_us = max(0, max(traces.end_time_unix_nano, excluded.end_time_unix_nano) \
+                           - min(traces.start_time_unix_nano, excluded.start_time_unix_nano)) / 1000, \
+      status = CASE WHEN excluded.status = 'STATUS_CODE_ERROR' THEN excluded.status \
+                    WHEN excluded.status = 'STATUS_CODE_OK' AND traces.status = 'STATUS_CODE_UNSET' \
+                      THEN excluded.status \
+                    ELSE traces.status END, \
+      ingested_at = max(traces.ingested_at, excluded.ingested_at)";
+
+const INSERT_SPAN: &str = "INSERT OR IGNORE INTO spans (tenant_id, trace_id, span_id, parent_span_id, name, kind, \
+    service_name, start_time_unix_nano, end_time_unix_nano, duration_us, status_code, status_message, attributes, \
+    resource_attributes, scope_name, ingested_at) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+const INSERT_LOG: &str = "INSERT INTO logs (tenant_id, time_unix_nano, observed_time_unix_nano, severity_number, \
+    severity_text, body, trace_id, span_id, service_name, attributes, resource_attributes, scope_name, ingested_at) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+const INSERT_POINT: &str = "INSERT INTO metric_points (tenant_id, service_name, name, description, unit, kind, \
+    temporality, is_monotonic, time_unix_nano, start_time_unix_nano, value, count, sum, min, max, bucket_counts, \
+    explicit_bounds, scale, zero_count, positive_offset, positive_bucket_counts, negative_offset, \
+    negative_bucket_counts, quantiles, attributes, resource_attributes, scope_name, ingested_at) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
+    ?23, ?24, ?25, ?26, ?27, ?28)";
+
+/// One trace's aggregate over a group (merged before the single upsert).
+struct TraceAgg<'a> {
+    tenant: &'a str,
+    id: TraceId,
+    service: &'a str,
+    has_root: bool,
+    start: i64,
+    end: i64,
+    status: StatusCode,
+    ingested_at: i64,
+}
+
+/// Merges the trace rows of `batches` per (tenant, trace), sorted by key (the b-tree order).
+fn merge_traces(batches: &[Batch]) -> Vec<TraceAgg<'_>> {
+    let mut aggs: Vec<TraceAgg<'_>> = Vec::new();
+    let mut index: HashMap<(&str, TraceId), usize> = HashMap::new();
+    for b in batches {
+        let Rows::Traces(groups) = &b.rows else { continue };
+        for g in groups {
+            let t = &g.trace;
+            let key = (&*t.tenant_id, t.trace_id);
+            match index.get(&key).and_then(|&i| aggs.get_mut(i)) {
+                Some(a) => {
+                    if t.has_root && !a.has_root {
+                        a.service = &t.service_name;
+                        a.has_root = true;
+                    }
+                    a.start = a.start.min(t.start_time_unix_nano);
+                    a.end = a.end.max(t.end_time_unix_nano);
+                    a.status = a.status.max(t.status);
+                    a.ingested_at = a.ingested_at.max(b.received.unix_nano);
+                }
+                None => {
+                    index.insert(key, aggs.len());
+                    aggs.push(TraceAgg {
+                        tenant: &t.tenant_id,
+                        id: t.trace_id,
+                        service: &t.service_name,
+                        has_root: t.has_root,
+                        start: t.start_time_unix_nano,
+                        end: t.end_time_unix_nano,
+                        status: t.status,
+                        ingested_at: b.received.unix_nano,
+                    });
+                }
+            }
+        }
+    }
+    aggs.sort_unstable_by(|a, b| (a.tenant, a.id).cmp(&(b.tenant, b.id)));
+    aggs
+}
+
+fn bind_u64(v: Option<u64>) -> Value {
+    match v {
+        None => Value::Null,
+        Some(v) => i64::try_from(v).map_or(Value::Real(v as f64), Value::Integer),
+    }
+}
+
+fn bind_f64(v: Option<f64>) -> Value {
+    v.map_or(Value::Null, Value::Real)
+}
+
+/// Columns bound per span row.
+const SPAN_COLUMNS: usize = 16;
+/// Span rows per multi-row INSERT: 64 × 16 = 1,024 parameters, far under SQLite's variable limit
+/// (`SQLITE_MAX_VARIABLE_NUMBER`, 32,766 since 3.32). Multi-row statements cut the per-row
+/// statement reset and dispatch (docs/PERFORMANCE.md); the remainder uses the one-row statement.
+pub const SPAN_ROWS_PER_STATEMENT: usize = 64;
+
+fn insert_spans_multi_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let head = INSERT_SPAN.split(" VALUES ").next().unwrap_or(INSERT_SPAN);
+        let rows: Vec<String> = (0..SPAN_ROWS_PER_STATEMENT)
+            .map(|r| {
+                let cols: Vec<String> =
+                    (1..=SPAN_COLUMNS).map(|c| format!("?{}", r * SPAN_COLUMNS + c)).collect();
+                format!("({})", cols.join(", "))
+            })
+            .collect();
+        format!("{head} VALUES {}", rows.join(", "))
+    })
+}
+
+/// Binds span `s` as row `row` of a (multi-row) span statement.
+fn bind_span(stmt: &mut Statement<'_>, row: usize, s: &SpanRow, ingested_at: i64) -> rusqlite::Result<()> {
+    let (mut tb, mut sb, mut pb) = ([0u8; 32], [0u8; 16], [0u8; 16]);
+    let b = row * SPAN_COLUMNS;
+    stmt.raw_bind_parameter(b + 1, &*s.tenant_id)?;
+    stmt.raw_bind_parameter(b + 2, s.trace_id.hex(&mut tb))?;
+    stmt.raw_bind_parameter(b + 3, s.span_id.hex(&mut sb))?;
+    stmt.raw_bind_parameter(b + 4, s.parent_span_id.as_ref().map_or("", |p| p.hex(&mut pb)))?;
+    stmt.raw_bind_parameter(b + 5, s.name.as_str())?;
+    stmt.raw_bind_parameter(b + 6, s.kind.as_str())?;
+    stmt.raw_bind_parameter(b + 7, &*s.service_name)?;
+    stmt.raw_bind_parameter(b + 8, s.start_time_unix_nano)?;
+    stmt.raw_bind_parameter(b + 9, s.end_time_unix_nano)?;
+    stmt.raw_bind_parameter(b + 10, s.duration_us())?;
+    stmt.raw_bind_parameter(b + 11, s.status_code.as_str())?;
+    stmt.raw_bind_parameter(b + 12, s.status_message.as_str())?;
+    stmt.raw_bind_parameter(b + 13, s.attributes.as_str())?;
+    stmt.raw_bind_parameter(b + 14, &*s.resource_attributes)?;
+    stmt.raw_bind_parameter(b + 15, &*s.scope_name)?;
+    stmt.raw_bind_parameter(b + 16, ingested_at)
+}
+
+fn insert_log(stmt: &mut Statement<'_>, l: &LogRow, ingested_at: i64) -> rusqlite::Result<()> {
+    let (mut tb, mut sb) = ([0u8; 32], [0u8; 16]);
+    stmt.raw_bind_parameter(1, &*l.tenant_id)?;
+    stmt.raw_bind_parameter(2, l.time_unix_nano)?;
+    stmt.raw_bind_parameter(3, l.observed_time_unix_nano)?;
+    stmt.raw_bind_parameter(4, l.severity_number)?;
+    stmt.raw_bind_parameter(5, l.severity_text.as_str())?;
+    stmt.raw_bind_parameter(6, l.body.as_deref())?;
+    stmt.raw_bind_parameter(7, l.trace_id.as_ref().map_or("", |t| t.hex(&mut tb)))?;
+    stmt.raw_bind_parameter(8, l.span_id.as_ref().map_or("", |s| s.hex(&mut sb)))?;
+    stmt.raw_bind_parameter(9, &*l.service_name)?;
+    stmt.raw_bind_parameter(10, l.attributes.as_str())?;
+    stmt.raw_bind_parameter(11, &*l.resource_attributes)?;
+    stmt.raw_bind_parameter(12, &*l.scope_name)?;
+    stmt.raw_bind_parameter(13, ingested_at)?;
+    stmt.raw_execute().map(drop)
+}
+
+fn insert_point(stmt: &mut Statement<'_>, m: &MetricPointRow, ingested_at: i64) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(1, &*m.tenant_id)?;
+    stmt.raw_bind_parameter(2, &*m.service_name)?;
+    stmt.raw_bind_parameter(3, &*m.name)?;
+    stmt.raw_bind_parameter(4, &*m.description)?;
+    stmt.raw_bind_parameter(5, &*m.unit)?;
+    stmt.raw_bind_parameter(6, m.kind.as_str())?;
+    stmt.raw_bind_parameter(7, m.temporality.map(|t| t.as_str()))?;
+    stmt.raw_bind_parameter(8, m.is_monotonic)?;
+    stmt.raw_bind_parameter(9, m.time_unix_nano)?;
+    stmt.raw_bind_parameter(10, m.start_time_unix_nano)?;
+    let value = match m.value {
+        None => Value::Null,
+        Some(NumberValue::Int(i)) => Value::Integer(i),
+        Some(NumberValue::Double(d)) => Value::Real(d),
+    };
+    stmt.raw_bind_parameter(11, value)?;
+    stmt.raw_bind_parameter(12, bind_u64(m.count))?;
+    stmt.raw_bind_parameter(13, bind_f64(m.sum))?;
+    stmt.raw_bind_parameter(14, bind_f64(m.min))?;
+    stmt.raw_bind_parameter(15, bind_f64(m.max))?;
+    stmt.raw_bind_parameter(16, m.bucket_counts.as_deref())?;
+    stmt.raw_bind_parameter(17, m.explicit_bounds.as_deref())?;
+    stmt.raw_bind_parameter(18, m.scale)?;
+    stmt.raw_bind_parameter(19, bind_u64(m.zero_count))?;
+    stmt.raw_bind_parameter(20, m.positive_offset)?;
+    stmt.raw_bind_parameter(21, m.positive_bucket_counts.as_deref())?;
+    stmt.raw_bind_parameter(22, m.negative_offset)?;
+    stmt.raw_bind_parameter(23, m.negative_bucket_counts.as_deref())?;
+    stmt.raw_bind_parameter(24, m.quantiles.as_deref())?;
+    stmt.raw_bind_parameter(25, m.attributes.as_str())?;
+    stmt.raw_bind_parameter(26, &*m.resource_attributes)?;
+    stmt.raw_bind_parameter(27, &*m.scope_name)?;
+    stmt.raw_bind_parameter(28, ingested_at)?;
+    stmt.raw_execute().map(drop)
+}
+
+/// Inserts every row of `batches` in FK order on an open transaction, plus the `dlq_applied`
+/// record of a replay.
+fn insert_rows(conn: &Connection, batches: &[Batch], applied: Option<&str>) -> rusqlite::Result<()> {
+    let traces = merge_traces(batches);
+    if !traces.is_empty() {
+        let mut stmt = conn.prepare_cached(UPSERT_TRACE)?;
+        let mut tb = [0u8; 32];
+        for t in &traces {
+            stmt.raw_bind_parameter(1, t.tenant)?;
+            stmt.raw_bind_parameter(2, t.id.hex(&mut tb))?;
+            stmt.raw_bind_parameter(3, t.service)?;
+            stmt.raw_bind_parameter(4, t.start)?;
+            stmt.raw_bind_parameter(5, t.end)?;
+            stmt.raw_bind_parameter(6, crate::pipeline::batch::duration_us(t.start, t.end))?;
+            stmt.raw_bind_parameter(7, t.status.as_str())?;
+            stmt.raw_bind_parameter(8, t.has_root)?;
+            stmt.raw_bind_parameter(9, t.ingested_at)?;
+            stmt.raw_execute()?;
+        }
+        // Spans in key order: consecutive unique-index inserts land on the same pages.
+        let mut spans: Vec<(&SpanRow, i64)> = Vec::new();
+        for b in batches {
+            if let Rows::Traces(groups) = &b.rows {
+                for g in groups {
+                    spans.extend(g.spans.iter().map(|s| (s, b.received.unix_nano)));
+                }
+            }
+        }
+        spans.sort_unstable_by(|(a, _), (b, _)| {
+            (&*a.tenant_id, a.trace_id, a.span_id).cmp(&(&*b.tenant_id, b.trace_id, b.span_id))
+        });
+        let mut chunks = spans.chunks_exact(SPAN_ROWS_PER_STATEMENT);
+        if chunks.len() > 0 {
+            let mut multi = conn.prepare_cached(insert_spans_multi_sql())?;
+            for chunk in &mut chunks {
+                for (row, &(s, at)) in chunk.iter().enumerate() {
+                    bind_span(&mut multi, row, s, at)?;
+                }
+                multi.raw_execute()?;
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut one = conn.prepare_cached(INSERT_SPAN)?;
+            for &(s, at) in rest {
+                bind_span(&mut one, 0, s, at)?;
+                one.raw_execute()?;
+            }
+        }
+    }
+    let mut logs: Option<rusqlite::CachedStatement<'_>> = None;
+    // Synthesized logs first, then log records (the order of `Group::logs`).
+    for b in batches {
+        if let Rows::Traces(groups) = &b.rows {
+            for l in groups.iter().flat_map(|g| g.logs.iter()) {
+                let stmt = match &mut logs {
+                    Some(s) => s,
+                    None => logs.insert(conn.prepare_cached(INSERT_LOG)?),
+                };
+                insert_log(stmt, l, b.received.unix_nano)?;
+            }
+        }
+    }
+    for b in batches {
+        if let Rows::Logs(records) = &b.rows {
+            for l in records {
+                let stmt = match &mut logs {
+                    Some(s) => s,
+                    None => logs.insert(conn.prepare_cached(INSERT_LOG)?),
+                };
+                insert_log(stmt, l, b.received.unix_nano)?;
+            }
+        }
+    }
+    drop(logs);
+    for b in batches {
+        if let Rows::Metrics(points) = &b.rows {
+            let mut stmt = conn.prepare_cached(INSERT_POINT)?;
+            for m in points {
+                insert_point(&mut stmt, m, b.received.unix_nano)?;
+            }
+        }
+    }
+    if let Some(id) = applied {
+        conn.prepare_cached("INSERT INTO dlq_applied (id, applied_at) VALUES (?1, ?2)")?
+            .execute((id, unix_nano_now()))?;
+    }
+    Ok(())
+}
+
+fn unix_nano_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// True for failures caused by the rows themselves (a constraint, a value too big, a type
+/// mismatch, a value that cannot be bound): retrying the same rows fails the same way, so a DLQ
+/// replay bisects them. Everything else (I/O, full disk, read-only, locks, corruption) is the
+/// database's state: replay waits and retries.
+pub fn is_permanent(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            matches!(f.code, ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch)
+        }
+        rusqlite::Error::ToSqlConversionFailure(_)
+        | rusqlite::Error::InvalidParameterCount(..)
+        | rusqlite::Error::NulError(_) => true,
+        _ => false,
+    }
+}
+
+/// Why a transaction failed.
+enum TxError {
+    Sqlite(rusqlite::Error),
+    Panicked(String),
+}
+
+impl TxError {
+    fn permanent(&self) -> bool {
+        match self {
+            TxError::Sqlite(e) => is_permanent(e),
+            TxError::Panicked(_) => true,
+        }
+    }
+}
+
+impl std::fmt::Display for TxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxError::Sqlite(e) => write!(f, "{e}"),
+            TxError::Panicked(m) => write!(f, "panicked: {m}"),
+        }
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// Result of one replay attempt on the oldest DLQ file.
+#[derive(Debug, PartialEq, Eq)]
+enum Replay {
+    /// The file is done (committed, poison isolated, or set aside) and gone.
+    Finished,
+    /// The database (or the DLQ disk) is failing: back off.
+    Failed,
+}
+
+/// Writer thread i's store: its SQLite connection, its DLQ, its retention and checkpoint state.
+pub struct ShardWriter {
+    shard: usize,
+    path: PathBuf,
+    wal_path: PathBuf,
+    conn: Connection,
+    stats: Arc<Stats>,
+    gauges: Arc<ShardGauges>,
+    faults: Arc<Faults>,
+    dlq: ShardDlq,
+    retention: Duration,
+    next_replay: Instant,
+    replay_backoff: Duration,
+    next_retention: Instant,
+    last_wal_warn: Option<Instant>,
+    /// Injected statements already run ([`Faults::run_sql`]).
+    faults_seen: usize,
+}
+
+impl std::fmt::Debug for ShardWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardWriter").field("shard", &self.shard).field("path", &self.path).finish()
+    }
+}
+
+impl ShardWriter {
+    /// Builds shard `shard`'s writer over an open, migrated connection (see [`super::Store`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        shard: usize,
+        path: PathBuf,
+        conn: Connection,
+        dlq: ShardDlq,
+        retention: Duration,
+        stats: Arc<Stats>,
+        gauges: Arc<ShardGauges>,
+        faults: Arc<Faults>,
+    ) -> Self {
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let now = Instant::now();
+        let w = Self {
+            shard,
+            wal_path: PathBuf::from(wal),
+            path,
+            conn,
+            stats,
+            gauges,
+            faults,
+            dlq,
+            retention,
+            next_replay: now,
+            replay_backoff: REPLAY_MIN_BACKOFF,
+            next_retention: now,
+            last_wal_warn: None,
+            faults_seen: 0,
+        };
+        w.publish_dlq();
+        w
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// Runs test-injected SQL and rolls back a transaction a panic left open.
+    fn prepare(&mut self) {
+        for sql in self.faults.take_sql(&mut self.faults_seen) {
+            if let Err(e) = self.conn.execute_batch(&sql) {
+                tracing::warn!(shard = self.shard, error = %e, sql, "injected sql failed");
+            }
+        }
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// One transaction: every row of `batches` (and a `dlq_applied` record) or nothing.
+    fn transaction(&mut self, batches: &[Batch], applied: Option<&str>) -> Result<(), TxError> {
+        let conn = &self.conn;
+        let faults = &self.faults;
+        let run = || -> rusqlite::Result<()> {
+            conn.execute_batch("BEGIN")?;
+            let r = insert_rows(conn, batches, applied).and_then(|()| faults.before_commit());
+            match r.and_then(|()| conn.execute_batch("COMMIT")) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if !conn.is_autocommit() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    Err(e)
+                }
+            }
+        };
+        let r = match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(r) => r.map_err(TxError::Sqlite),
+            Err(p) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(TxError::Panicked(panic_text(p.as_ref())))
+            }
+        };
+        if r.is_ok() {
+            self.gauges.commits.fetch_add(1, Ordering::Relaxed);
+            self.publish_wal();
+        }
+        r
+    }
+
+    /// PASSIVE checkpoint after a commit: copies what it can without waiting on anyone.
+    fn checkpoint_passive(&mut self) {
+        if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(shard = self.shard, error = %e, "passive checkpoint failed");
+        }
+        self.publish_wal();
+    }
+
+    fn publish_wal(&mut self) {
+        let bytes = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        self.gauges.wal_bytes.store(bytes, Ordering::Relaxed);
+        if bytes > WAL_WARN_BYTES && self.last_wal_warn.is_none_or(|t| t.elapsed() >= WAL_WARN_INTERVAL) {
+            self.last_wal_warn = Some(Instant::now());
+            tracing::warn!(
+                shard = self.shard,
+                wal_bytes = bytes,
+                limit = WAL_WARN_BYTES,
+                "WAL over its limit: a reader holds an old snapshot and checkpoints cannot reset it"
+            );
+        }
+    }
+
+    /// TRUNCATE checkpoint with the busy handler off: gives up at once if a reader is in the way.
+    fn checkpoint_truncate(&mut self) {
+        if self.conn.busy_timeout(Duration::ZERO).is_err() {
+            return;
+        }
+        match self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => tracing::debug!(shard = self.shard, "WAL truncated"),
+            Ok(_) => tracing::debug!(shard = self.shard, "WAL truncate skipped: readers are active"),
+            Err(e) => tracing::debug!(shard = self.shard, error = %e, "WAL truncate failed"),
+        }
+        if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(shard = self.shard, error = %e, "could not restore the busy timeout");
+        }
+        self.publish_wal();
+    }
+
+    fn publish_dlq(&self) {
+        self.gauges.dlq_files.store(self.dlq.len() as u64, Ordering::Relaxed);
+        self.gauges.dlq_bytes.store(self.dlq.bytes(), Ordering::Relaxed);
+    }
+
+    /// One maintenance tick: DLQ replay (when due), retention (when due), WAL truncation.
+    /// Returns how soon the next tick is wanted.
+    fn tick(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        if !self.dlq.is_empty() && now >= self.next_replay {
+            for _ in 0..REPLAY_FILES_PER_TICK {
+                if self.dlq.is_empty() {
+                    break;
+                }
+                match self.replay_oldest() {
+                    Replay::Finished => self.replay_backoff = REPLAY_MIN_BACKOFF,
+                    Replay::Failed => {
+                        self.gauges.dlq_replay_failures.fetch_add(1, Ordering::Relaxed);
+                        self.next_replay = Instant::now() + self.replay_backoff;
+                        self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_MAX_BACKOFF);
+                        break;
+                    }
+                }
+            }
+            self.publish_dlq();
+        }
+        if !self.retention.is_zero() && Instant::now() >= self.next_retention {
+            let more = match self.retention_step() {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::warn!(shard = self.shard, error = %e, "retention step failed");
+                    false
+                }
+            };
+            self.next_retention =
+                Instant::now() + if more { RETENTION_BUSY_INTERVAL } else { RETENTION_INTERVAL };
+        }
+        if self.gauges.wal_bytes.load(Ordering::Relaxed) > WAL_TRUNCATE_BYTES {
+            self.checkpoint_truncate();
+        }
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        if !self.dlq.is_empty() {
+            next = Some(self.next_replay);
+        }
+        if !self.retention.is_zero() {
+            next = Some(next.map_or(self.next_retention, |n| n.min(self.next_retention)));
+        }
+        next.map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)))
+    }
+
+    /// Replays the oldest DLQ file: skips what `dlq_applied` says is committed, writes the rest in
+    /// one transaction, bisects on a permanent failure, isolates poison units. The books move
+    /// when the file is finished: its items leave `dlq_pending`, poison to `lost{poison}`, the
+    /// rest to `persisted`.
+    fn replay_oldest(&mut self) -> Replay {
+        let Some(entry) = self.dlq.oldest().cloned() else { return Replay::Finished };
+        let decoded = match self.dlq.load(&entry) {
+            Ok(d) => d,
+            Err(DlqError::Damaged(why)) => {
+                tracing::error!(shard = self.shard, file = %entry.path.display(), why,
+                    "damaged dlq file; set aside in corrupt/ and counted lost");
+                return match self.dlq.set_aside_oldest() {
+                    Ok(_) => {
+                        self.gauges.dlq_corrupt_files.fetch_add(1, Ordering::Relaxed);
+                        self.book_finished(&entry, [0; 3], LostReason::DlqCorrupt, entry.items);
+                        Replay::Finished
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = self.shard, error = %e, "could not set a damaged dlq file aside");
+                        Replay::Failed
+                    }
+                };
+            }
+            Err(DlqError::Io(e)) => {
+                tracing::warn!(shard = self.shard, error = %e, "could not read a dlq file");
+                return Replay::Failed;
+            }
+        };
+        let units = decoded.header.units;
+        let id = entry.id.clone();
+        let applied = match self.applied_parts(&id) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "dlq replay: database unavailable");
+                return Replay::Failed;
+            }
+        };
+        let mut poison: Vec<(u64, u64)> =
+            applied.iter().filter(|p| p.poison).map(|p| (p.first, p.last)).collect();
+        let whole_done = applied.iter().any(|p| p.whole);
+        if !whole_done && units > 0 {
+            let covered: Vec<(u64, u64)> =
+                applied.iter().filter(|p| !p.whole).map(|p| (p.first, p.last)).collect();
+            // Work list of unit ranges still to apply, processed front first.
+            let mut work: Vec<(u64, u64)> = uncovered(0, units - 1, &covered);
+            work.reverse();
+            while let Some((a, b)) = work.pop() {
+                let whole = a == 0 && b == units - 1 && covered.is_empty();
+                let tag = if whole { id.clone() } else { format!("{id}:{a}-{b}") };
+                let part;
+                let batches: &[Batch] = if whole {
+                    &decoded.batches
+                } else {
+                    part = dlq::slice_units(&decoded.batches, a, b);
+                    &part
+                };
+                match self.transaction(batches, Some(&tag)) {
+                    Ok(()) => {}
+                    Err(e) if e.permanent() && a < b => {
+                        let mid = a + (b - a) / 2;
+                        tracing::warn!(shard = self.shard, file = %id, first = a, last = b, error = %e,
+                            "dlq replay failed for a permanent reason; bisecting");
+                        work.push((mid + 1, b));
+                        work.push((a, mid));
+                    }
+                    Err(e) if e.permanent() => {
+                        tracing::error!(shard = self.shard, file = %id, unit = a, error = %e,
+                            "poison unit moved to the dlq's poison/ directory and counted lost");
+                        let cause = e.to_string();
+                        if let Err(err) = self.dlq.write_poison(batches, &id, a, &cause) {
+                            tracing::error!(shard = self.shard, error = %err, "could not write a poison file");
+                            return Replay::Failed;
+                        }
+                        let mark = format!("{id}:{a}-{b}:poison");
+                        if let Err(err) = self.conn.execute(
+                            "INSERT OR IGNORE INTO dlq_applied (id, applied_at) VALUES (?1, ?2)",
+                            (&mark, unix_nano_now()),
+                        ) {
+                            tracing::warn!(shard = self.shard, error = %err, "could not record a poison unit");
+                            return Replay::Failed;
+                        }
+                        self.gauges.poison_units.fetch_add(1, Ordering::Relaxed);
+                        poison.push((a, b));
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = self.shard, file = %id, error = %e, "dlq replay failed; will retry");
+                        return Replay::Failed;
+                    }
+                }
+            }
+        }
+        let mut lost = [0u64; 3];
+        for &(a, b) in &poison {
+            for (i, n) in dlq::items_of_units(&decoded.batches, a, b).iter().enumerate() {
+                lost[i] += n;
+            }
+        }
+        if let Err(e) = self.dlq.remove_oldest() {
+            tracing::warn!(shard = self.shard, error = %e, "could not delete a replayed dlq file");
+            return Replay::Failed;
+        }
+        // The `dlq_applied` records stay (retention ages them out): a copy of this file put back
+        // by hand, or found again after a crash before the delete, is skipped, not duplicated.
+        let mut persisted = entry.items;
+        for (p, l) in persisted.iter_mut().zip(lost) {
+            *p = p.saturating_sub(l);
+        }
+        self.gauges.dlq_replayed_files.fetch_add(1, Ordering::Relaxed);
+        self.book_finished(&entry, persisted, LostReason::Poison, lost);
+        Replay::Finished
+    }
+
+    /// Books a finished DLQ file: `persisted` items committed, `lost` items lost for `reason`;
+    /// both leave `dlq_pending`.
+    fn book_finished(&self, _entry: &Entry, persisted: [u64; 3], reason: LostReason, lost: [u64; 3]) {
+        for s in Signal::ALL {
+            let st = self.stats.signal(s);
+            let (p, l) = (persisted[s.index()], lost[s.index()]);
+            st.persisted_items.fetch_add(p, Ordering::Relaxed);
+            if l > 0 {
+                st.add_lost(reason, l);
+            }
+            st.dlq_pending_items.fetch_sub((p + l) as i64, Ordering::Relaxed);
+        }
+        self.publish_dlq();
+    }
+
+    /// The `dlq_applied` records of file `id`.
+    fn applied_parts(&self, id: &str) -> rusqlite::Result<Vec<Part>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM dlq_applied WHERE id = ?1 OR (id > ?1 || ':' AND id < ?1 || ';')",
+        )?;
+        let rows = stmt.query_map([id], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(p) = Part::parse(id, &r?) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One bounded retention step (its own transaction): the spans and rows of up to
+    /// [`RETENTION_TRACES_PER_STEP`] traces not touched since the cutoff, then, among the first
+    /// [`RETENTION_ROWS_PER_STEP`] logs and metric points in ingest (rowid) order, those older
+    /// than the cutoff. A trace's `ingested_at` is its latest span's, so every span deleted with
+    /// it is old too. Returns true when more old rows remain.
+    pub fn retention_step(&mut self) -> rusqlite::Result<bool> {
+        let Some(age) = i64::try_from(self.retention.as_nanos()).ok().filter(|&n| n > 0) else {
+            return Ok(false);
+        };
+        let cutoff = unix_nano_now().saturating_sub(age);
+        self.prepare();
+        let conn = &self.conn;
+        let run = || -> rusqlite::Result<(bool, u64)> {
+            let mut deleted = 0u64;
+            conn.execute_batch("BEGIN")?;
+            let old: Vec<(String, String)> = conn
+                .prepare_cached("SELECT tenant_id, trace_id FROM traces WHERE ingested_at < ?1 LIMIT ?2")?
+                .query_map((cutoff, RETENTION_TRACES_PER_STEP), |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            {
+                let mut del_spans =
+                    conn.prepare_cached("DELETE FROM spans WHERE tenant_id = ?1 AND trace_id = ?2")?;
+                let mut del_trace =
+                    conn.prepare_cached("DELETE FROM traces WHERE tenant_id = ?1 AND trace_id = ?2")?;
+                for (tenant, trace) in &old {
+                    deleted += del_spans.execute((tenant, trace))? as u64;
+                    deleted += del_trace.execute((tenant, trace))? as u64;
+                }
+            }
+            let mut more = old.len() as i64 == RETENTION_TRACES_PER_STEP;
+            conn.prepare_cached("DELETE FROM dlq_applied WHERE applied_at < ?1")?.execute([cutoff])?;
+            for table in ["logs", "metric_points"] {
+                let n = conn
+                    .prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM \
+                         (SELECT rowid, ingested_at FROM {table} ORDER BY rowid LIMIT ?2) WHERE ingested_at < ?1)"
+                    ))?
+                    .execute((cutoff, RETENTION_ROWS_PER_STEP))?;
+                deleted += n as u64;
+                more |= n as i64 == RETENTION_ROWS_PER_STEP;
+            }
+            conn.execute_batch("COMMIT")?;
+            Ok((more, deleted))
+        };
+        match run() {
+            Ok((more, deleted)) => {
+                self.gauges.retention_deleted_rows.fetch_add(deleted, Ordering::Relaxed);
+                if deleted > 0 {
+                    self.checkpoint_passive();
+                }
+                Ok(more)
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A `dlq_applied` record of one file: the whole file, a committed part, or a poison unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Part {
+    whole: bool,
+    first: u64,
+    last: u64,
+    poison: bool,
+}
+
+impl Part {
+    fn parse(id: &str, rec: &str) -> Option<Part> {
+        if rec == id {
+            return Some(Part { whole: true, first: 0, last: 0, poison: false });
+        }
+        let rest = rec.strip_prefix(id)?.strip_prefix(':')?;
+        let (range, poison) = match rest.strip_suffix(":poison") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let (a, b) = range.split_once('-')?;
+        Some(Part { whole: false, first: a.parse().ok()?, last: b.parse().ok()?, poison })
+    }
+}
+
+/// The sub-ranges of `[a, b]` not covered by `covered`, in order.
+fn uncovered(a: u64, b: u64, covered: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut c: Vec<(u64, u64)> =
+        covered.iter().copied().filter(|&(x, y)| x <= y && y >= a && x <= b).collect();
+    c.sort_unstable();
+    let mut out = Vec::new();
+    let mut next = a;
+    for (x, y) in c {
+        if x > next {
+            out.push((next, x - 1));
+        }
+        if y >= next {
+            match y.checked_add(1) {
+                Some(n) => next = n,
+                None => return out,
+            }
+        }
+        if next > b {
+            return out;
+        }
+    }
+    if next <= b {
+        out.push((next, b));
+    }
+    out
+}
+
+impl BatchWriter for ShardWriter {
+    fn write(&mut self, group: &Group) -> Result<(), WriteError> {
+        self.prepare();
+        match self.transaction(group.batches(), None) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The database is failing: give replay a rest before it tries again.
+                self.next_replay = Instant::now() + self.replay_backoff;
+                match e {
+                    TxError::Sqlite(e) => Err(WriteError::Database(e.to_string())),
+                    TxError::Panicked(m) => Err(WriteError::Panicked(m)),
+                }
+            }
+        }
+    }
+
+    fn spill(&mut self, batches: &[Batch], cause: &WriteError) -> Result<(), WriteError> {
+        let (_, evicted) =
+            self.dlq.spill(batches, &cause.to_string()).map_err(|e| WriteError::Spill(e.to_string()))?;
+        for old in evicted {
+            self.gauges.dlq_evicted_files.fetch_add(1, Ordering::Relaxed);
+            for s in Signal::ALL {
+                let n = old.items[s.index()];
+                let st = self.stats.signal(s);
+                st.add_lost(LostReason::DlqEvicted, n);
+                st.dlq_pending_items.fetch_sub(n as i64, Ordering::Relaxed);
+            }
+        }
+        self.gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
+        self.publish_dlq();
+        Ok(())
+    }
+
+    fn maintain(&mut self) -> Option<Duration> {
+        self.prepare();
+        self.tick()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncovered_ranges() {
+        assert_eq!(uncovered(0, 9, &[]), vec![(0, 9)]);
+        assert_eq!(uncovered(0, 9, &[(0, 4)]), vec![(5, 9)]);
+        assert_eq!(uncovered(0, 9, &[(3, 4), (7, 7)]), vec![(0, 2), (5, 6), (8, 9)]);
+        assert_eq!(uncovered(0, 9, &[(0, 9)]), vec![]);
+        assert_eq!(uncovered(0, 9, &[(0, 3), (2, 5)]), vec![(6, 9)]);
+    }
+
+    #[test]
+    fn parts_parse() {
+        assert_eq!(Part::parse("x", "x"), Some(Part { whole: true, first: 0, last: 0, poison: false }));
+        assert_eq!(Part::parse("x", "x:3-7"), Some(Part { whole: false, first: 3, last: 7, poison: false }));
+        assert_eq!(
+            Part::parse("x", "x:3-3:poison"),
+            Some(Part { whole: false, first: 3, last: 3, poison: true })
+        );
+        assert_eq!(Part::parse("x", "y:3-3"), None);
+    }
+
+    #[test]
+    fn permanent_errors_are_row_errors() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t (x INTEGER NOT NULL)").unwrap();
+        let e = c.execute("INSERT INTO t VALUES (NULL)", []).unwrap_err();
+        assert!(is_permanent(&e));
+        c.execute_batch("PRAGMA query_only = 1").unwrap();
+        let e = c.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+        assert!(!is_permanent(&e));
+    }
+}
