@@ -631,7 +631,7 @@ async fn metrics_parse_with_the_python_prometheus_parser_and_the_books_balance()
 }
 
 /// A distinct healthy JSON trace request of `spans` spans for load tests.
-fn load_trace(n: u64, spans: u64) -> String {
+pub(crate) fn load_trace(n: u64, spans: u64) -> String {
     let spans: Vec<String> = (0..spans)
         .map(|i| {
             format!(

@@ -4,5 +4,6 @@
 mod decode;
 mod e2e;
 mod pipeline;
+mod reliability;
 mod store;
 mod util;

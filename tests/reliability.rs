@@ -1,0 +1,152 @@
+//! Reliability under crashes: the real binary is killed with SIGKILL while clients send at full
+//! speed, again and again on the same data directory. Every shard must pass
+//! `PRAGMA integrity_check`, the server must restart and accept traffic, and in commit mode every
+//! acknowledged span must be in SQLite after the crash.
+
+use crate::e2e::load_trace;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Starts the binary on `dir` and returns it with its HTTP address.
+fn spawn(dir: &Path, extra_env: &[(&str, &str)]) -> (Child, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otelring"));
+    cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--workers", "2"])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let http = line.split("OTLP/HTTP on ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    (child, http)
+}
+
+/// Sends distinct 20-span traces from 3 clients until `stop`; returns the spans acknowledged in
+/// full (200 without partial success), by trace number.
+fn load(
+    http: SocketAddr,
+    first: u64,
+    stop: Arc<AtomicBool>,
+    acked: Arc<std::sync::Mutex<Vec<u64>>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..3u64)
+        .map(|c| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move {
+                    let client = reqwest::Client::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let n = first + c * 1_000_000 + i;
+                        i += 1;
+                        let sent = client
+                            .post(format!("http://{http}/v1/traces"))
+                            .header("content-type", "application/json")
+                            .body(load_trace(n, 20))
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await;
+                        let Ok(resp) = sent else { break };
+                        if resp.status() == 200 {
+                            let body = resp.bytes().await.unwrap_or_default();
+                            if body.as_ref() == b"{}" {
+                                acked.lock().unwrap().push(n);
+                            }
+                        }
+                    }
+                });
+            })
+        })
+        .collect()
+}
+
+fn integrity_ok(dir: &Path, shards: usize) {
+    for i in 0..shards {
+        let path = dir.join(format!("otelring-{i}.db"));
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let r: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(r, "ok", "{}", path.display());
+    }
+}
+
+fn kill9(child: &mut Child) {
+    assert!(Command::new("kill").arg("-KILL").arg(child.id().to_string()).status().unwrap().success());
+    let _ = child.wait();
+}
+
+#[test]
+fn kill_9_under_load_five_times_leaves_sound_shards_that_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spans_before_last = Arc::new(AtomicU64::new(0));
+    for round in 0..5u64 {
+        let (mut child, http) = spawn(dir.path(), &[]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let clients = load(http, round * 10_000_000, stop.clone(), acked.clone());
+        std::thread::sleep(Duration::from_millis(700));
+        kill9(&mut child);
+        stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            let _ = c.join();
+        }
+        assert!(!acked.lock().unwrap().is_empty(), "round {round}: the load ran");
+        integrity_ok(dir.path(), 2);
+        let conn = otelring::store::sql::open_read_only(dir.path()).unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) FROM spans", [], |r| r.get(0)).unwrap();
+        assert!(n as u64 >= spans_before_last.load(Ordering::SeqCst), "committed rows never disappear");
+        spans_before_last.store(n as u64, Ordering::SeqCst);
+    }
+    // A sixth start accepts traffic and stops cleanly.
+    let (mut child, http) = spawn(dir.path(), &[]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{http}/v1/traces"))
+            .header("content-type", "application/json")
+            .body(load_trace(999_999_999, 3))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 200);
+    assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    integrity_ok(dir.path(), 2);
+}
+
+#[test]
+fn commit_mode_loses_nothing_acknowledged_on_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, http) = spawn(dir.path(), &[("INGEST_ASYNC_ENABLED", "false")]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let clients = load(http, 0, stop.clone(), acked.clone());
+    std::thread::sleep(Duration::from_millis(1_000));
+    kill9(&mut child);
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        let _ = c.join();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty(), "the load ran");
+    integrity_ok(dir.path(), 2);
+    let conn = otelring::store::sql::open_read_only(dir.path()).unwrap();
+    for n in &acked {
+        let id = format!("{n:032x}");
+        let c: i64 =
+            conn.query_row("SELECT count(*) FROM spans WHERE trace_id = ?1", [&id], |r| r.get(0)).unwrap();
+        assert_eq!(c, 20, "acknowledged trace {id} lost after kill -9 in commit mode");
+    }
+}
