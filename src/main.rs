@@ -70,12 +70,14 @@ fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let gauges = store.gauges();
     let shards = pcfg.shards;
     let pipeline = Arc::new(Pipeline::new(pcfg, stats)?);
-    pipeline.start(store.into_writers())?;
+    // Everything that can refuse to start (API keys, ports) is checked before the writers start
+    // (they begin with the DLQ replay).
     let shared = server::build(&server_cfg, decode_cfg, pipeline.clone(), gauges)?;
     let metrics = shared.metrics.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(async {
         let listeners = server::Listeners::bind(&server_cfg).await?;
+        pipeline.start(store.into_writers())?;
         let (grpc, http) = listeners.addrs()?;
         println!(
             "otelring listening: OTLP/gRPC on {grpc}, OTLP/HTTP on {http}; {shards} shard(s) in {}",
@@ -83,17 +85,27 @@ fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         );
         let (tx, rx) = tokio::sync::watch::channel(0u32);
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGTERM; Ctrl-C still stops"))
+                .ok();
             loop {
+                let sigterm = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                let ctrl_c = async {
+                    if tokio::signal::ctrl_c().await.is_err() {
+                        // No SIGINT either: never resolve (and never drop `tx`, which would stop us).
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    () = sigterm => {}
+                    () = ctrl_c => {}
                 }
                 tx.send_modify(|n| *n += 1);
             }
@@ -104,7 +116,7 @@ fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 let _ = rx.wait_for(|&c| c >= n).await;
             }
         };
-        Ok::<_, std::io::Error>(server::run(shared, listeners, wait_for(1), wait_for(2)).await)
+        Ok::<_, Box<dyn std::error::Error>>(server::run(shared, listeners, wait_for(1), wait_for(2)).await)
     })?;
     tracing::info!(
         drained_in_time = report.drained_in_time,

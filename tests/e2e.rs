@@ -791,3 +791,23 @@ async fn api_keys_bind_their_tenant() {
     assert_eq!(s.query("SELECT tenant_id FROM spans ORDER BY tenant_id"), vec!["team-a", "team-b"]);
     s.assert_books();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_grpc_connections_are_closed_after_the_keepalive_idle_time() {
+    let mut s = TestServer::start(|_, c| c.keepalive_idle = Duration::from_millis(300), true).await;
+    let tcp = tokio::net::TcpStream::connect(s.grpc).await.unwrap();
+    let (_client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // The server sends GOAWAY after 300 ms without a stream; the connection then ends.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "an idle connection was kept open");
+    // Its slot is freed when the server's connection task ends (just after the client sees it).
+    let freed = tokio::time::timeout(Duration::from_secs(5), async {
+        while s.shared.conns.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the connection slot was not freed");
+    s.stop().await;
+}

@@ -93,12 +93,22 @@ async fn connection(
     if closing {
         conn.graceful_shutdown();
     }
+    // Idle connections (no stream for OTELRING_KEEPALIVE_IDLE) are closed with GOAWAY, so idle or
+    // dead peers cannot hold connection slots forever.
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let idle = tokio::time::sleep(limits.keepalive_idle);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    let (ingest, limits) = (ingest.clone(), limits.clone());
-                    tokio::spawn(async move { stream(req, respond, ingest, limits).await });
+                    idle.as_mut().reset(tokio::time::Instant::now() + limits.keepalive_idle);
+                    let (ingest, limits, active) = (ingest.clone(), limits.clone(), active.clone());
+                    active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        stream(req, respond, ingest, limits).await;
+                        active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    });
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "gRPC connection error");
@@ -109,6 +119,14 @@ async fn connection(
             _ = shutdown.changed(), if !closing => {
                 closing = true;
                 conn.graceful_shutdown();
+            }
+            () = &mut idle, if !closing => {
+                if active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    closing = true;
+                    conn.graceful_shutdown();
+                } else {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limits.keepalive_idle);
+                }
             }
         }
     }
@@ -170,7 +188,8 @@ async fn call(
     let refuse = |reason, f| (ingest.refuse(signal, Transport::Grpc, reason, f), None);
     let headers = req.headers();
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.starts_with("application/grpc") {
+    // application/grpc or application/grpc+proto; not grpc-web (a different framing).
+    if !(content_type == "application/grpc" || content_type.starts_with("application/grpc+")) {
         return Err(refuse(
             RequestRejectReason::UnsupportedMediaType,
             Failure::UnsupportedMedia(format!("content-type {content_type:?} is not application/grpc")),
@@ -185,8 +204,14 @@ async fn call(
             return Err((f, Some("identity,gzip")));
         }
     };
-    let tenant = tenant_of(headers, &ingest.decode.default_tenant, limits)
-        .map_err(|f| refuse(RequestRejectReason::Unauthenticated, f))?;
+    let tenant = tenant_of(headers, &ingest.decode.default_tenant, limits).map_err(|f| {
+        let reason = if matches!(f, Failure::Unauthenticated(_)) {
+            RequestRejectReason::Unauthenticated
+        } else {
+            RequestRejectReason::Invalid
+        };
+        refuse(reason, f)
+    })?;
     if ingest.is_stopping() {
         return Err(refuse(RequestRejectReason::Stopping, Failure::Unavailable("server is stopping".into())));
     }
@@ -194,10 +219,11 @@ async fn call(
     let read = tokio::time::timeout(limits.body_read_timeout, read_message(&mut body, ingest, signal));
     let (message, compressed, mut reservation) = match read.await {
         Ok(r) => r?,
+        // A slow link is not bad input: answer retryable, so the client's batch is not lost.
         Err(_) => {
             return Err(refuse(
                 RequestRejectReason::Invalid,
-                Failure::BadRequest("timed out reading the message".into()),
+                Failure::Unavailable("timed out reading the message; retry".into()),
             ));
         }
     };
@@ -217,7 +243,7 @@ async fn call(
             refuse(reason, f)
         })?
     } else {
-        message.to_vec()
+        Vec::from(message)
     };
     let call = Call { signal, transport: Transport::Grpc, encoding: Encoding::Protobuf, tenant, started };
     let answer = ingest.export(call, message, reservation).await;

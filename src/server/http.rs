@@ -184,7 +184,8 @@ async fn export(signal: Signal, req: Request<Incoming>, shared: &Shared) -> Resp
     };
     let tenant = match tenant_of(req.headers(), &ingest.decode.default_tenant, &shared.limits) {
         Ok(t) => t,
-        Err(f) => return refuse(RequestRejectReason::Unauthenticated, f),
+        Err(f @ Failure::Unauthenticated(_)) => return refuse(RequestRejectReason::Unauthenticated, f),
+        Err(f) => return refuse(RequestRejectReason::Invalid, f),
     };
     if ingest.is_stopping() {
         return refuse(RequestRejectReason::Stopping, Failure::Unavailable("server is stopping".into()));
@@ -210,10 +211,11 @@ async fn export(signal: Signal, req: Request<Incoming>, shared: &Shared) -> Resp
     let (wire, mut reservation) = match read.await {
         Ok(Ok(r)) => r,
         Ok(Err((reason, f))) => return refuse(reason, f),
+        // A slow link is not bad input: answer retryable (503 + Retry-After).
         Err(_) => {
             return refuse(
                 RequestRejectReason::Invalid,
-                Failure::BadRequest("timed out reading the body".into()),
+                Failure::Unavailable("timed out reading the body; retry".into()),
             );
         }
     };
@@ -254,7 +256,8 @@ async fn read_body(
     max: u64,
     mut reservation: Reservation,
 ) -> Result<(Vec<u8>, Reservation), ReadError> {
-    let mut buf = Vec::new();
+    // Content-Length (already reserved and under the limit) sizes the buffer once.
+    let mut buf = Vec::with_capacity(usize::try_from(reservation.bytes()).unwrap_or(0));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             (RequestRejectReason::Invalid, Failure::BadRequest(format!("error reading the body: {e}")))

@@ -60,6 +60,11 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Grows the reservation to at least `total` bytes; false when the budget has no room.
     pub fn grow_to(&mut self, total: u64) -> bool {
         if total <= self.bytes {
@@ -98,10 +103,12 @@ pub fn inflate(
 ) -> Result<Vec<u8>, Failure> {
     let reader: Box<dyn Read + '_> = match compression {
         Compression::Identity => return Ok(body.to_vec()),
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(body)),
+        // Multi-member: a body of concatenated gzip members is one stream (RFC 1952 2.2).
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
         Compression::Deflate => Box::new(flate2::read::ZlibDecoder::new(body)),
     };
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max as usize));
+    // Grows with what is inflated, so memory stays within what the budget has granted.
+    let mut out = Vec::with_capacity(body.len().min(max as usize));
     let mut limited = reader.take(max + 1);
     let mut chunk = [0u8; 64 * 1024];
     loop {

@@ -137,9 +137,13 @@ impl Readiness {
             if since.elapsed() >= NOT_READY_AFTER {
                 self.not_ready.store(true, Ordering::Relaxed);
             }
-        } else if fullness < READY_BELOW {
+        } else {
+            // Below the threshold the 5 s window starts over; readiness itself only comes back
+            // below READY_BELOW (hysteresis).
             *above = None;
-            self.not_ready.store(false, Ordering::Relaxed);
+            if fullness < READY_BELOW {
+                self.not_ready.store(false, Ordering::Relaxed);
+            }
         }
     }
 
@@ -205,22 +209,7 @@ pub async fn run(
     stop.await;
     tracing::info!("stop requested: refusing new requests, then closing the listeners");
     shared.ingest.stopping.store(true, Ordering::Release);
-    let grace_end = Instant::now() + STOP_GRACE;
-    while Instant::now() < grace_end && shared.conns.open() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = tx.send(true);
-    let _ = grpc.await;
-    let _ = http.await;
-    // Connections close after their in-flight requests (GOAWAY / Connection: close); wait for
-    // them, bounded by the body read timeout (a request still reading longer is cut off).
-    let drain_end = Instant::now() + shared.limits.body_read_timeout;
-    while Instant::now() < drain_end && shared.conns.open() > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    ticker.abort();
-    // In-flight requests finish on their connections (graceful shutdown waits for them), then
-    // the pipeline drains; a second signal turns the drain into a spill.
+    // From here on a second signal turns the drain into a spill, whatever phase we are in.
     let pipeline = shared.ingest.pipeline.clone();
     let spiller = {
         let pipeline = pipeline.clone();
@@ -230,6 +219,22 @@ pub async fn run(
             pipeline.spill_now();
         })
     };
+    let grace_end = Instant::now() + STOP_GRACE;
+    while Instant::now() < grace_end && shared.conns.open() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tx.send(true);
+    // GOAWAY / Connection: close, then in-flight requests finish; bounded by the body read
+    // timeout, so a client that never finishes cannot hold the stop.
+    let bound = shared.limits.body_read_timeout;
+    if tokio::time::timeout(bound, grpc).await.is_err() || tokio::time::timeout(bound, http).await.is_err() {
+        tracing::warn!("listeners did not close within {bound:?}; stopping the pipeline anyway");
+    }
+    let drain_end = Instant::now() + bound;
+    while Instant::now() < drain_end && shared.conns.open() > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ticker.abort();
     let report = tokio::task::spawn_blocking(move || pipeline.stop()).await;
     spiller.abort();
     match report {
