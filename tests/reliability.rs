@@ -109,11 +109,15 @@ fn kill_9_under_load_five_times_leaves_sound_shards_that_restart() {
         let mut lost = 0;
         for t in &acked {
             let id = format!("{t:032x}");
-            let c: i64 =
-                conn.query_row("SELECT count(*) FROM spans WHERE trace_id = ?1", [&id], |r| r.get(0)).unwrap();
+            let c: i64 = conn
+                .query_row("SELECT count(*) FROM spans WHERE trace_id = ?1", [&id], |r| r.get(0))
+                .unwrap();
             lost += 20 - c;
         }
-        eprintln!("round {round}: {} spans acknowledged, {lost} of them not committed at kill -9", acked.len() * 20);
+        eprintln!(
+            "round {round}: {} spans acknowledged, {lost} of them not committed at kill -9",
+            acked.len() * 20
+        );
         spans_before_last.store(n as u64, Ordering::SeqCst);
     }
     // A sixth start accepts traffic and stops cleanly.

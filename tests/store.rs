@@ -807,3 +807,323 @@ fn sql_reads_while_the_writer_holds_the_shard_open() {
     let n: i64 = reader.query_row("SELECT count(*) FROM spans", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 16);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions of the DLQ and maintenance review (fault injection through `store::Faults` and the
+// real file system).
+
+/// A one-shard writer over `cfg` with its stats, failure hook and gauges.
+fn writer_with(cfg: &StoreConfig) -> (ShardWriter, Arc<Stats>, Arc<store::Faults>, Arc<store::ShardGauges>) {
+    let stats = Arc::new(Stats::new());
+    let st = Store::open(cfg, 1, stats.clone()).unwrap();
+    let (faults, gauges) = (st.faults(), st.gauges().remove(0));
+    (st.into_shard_writers().pop().unwrap(), stats, faults, gauges)
+}
+
+/// Spills `rows` through `w` and books it as the writer loop does after a successful spill.
+fn spill_booked(w: &mut ShardWriter, stats: &Stats, rows: Rows) -> Result<(), WriteError> {
+    let g = group_of(vec![rows], now_ns());
+    w.spill(g.batches(), &WriteError::Database("test".into()))?;
+    for b in g.batches() {
+        let st = stats.signal(b.signal());
+        st.submitted_items.fetch_add(b.rows.items(), Ordering::SeqCst);
+        st.dlq_pending_items.fetch_add(b.rows.items() as i64, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// This shard's pending DLQ files, oldest first.
+fn dlq_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("dlq"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "dlq"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn dlq_spill_that_fails_after_evicting_still_books_the_evicted_files() {
+    // The write fails after the oldest file was deleted to make room.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig { dlq_max_files: 2, ..scfg(dir.path()) };
+    let (mut w, stats, faults, gauges) = writer_with(&cfg);
+    let tr = stats.signal(Signal::Traces);
+    spill_booked(&mut w, &stats, traces(0, 2, 3)).unwrap();
+    spill_booked(&mut w, &stats, traces(10, 2, 3)).unwrap();
+    faults.fail_next_dlq_writes(1);
+    assert!(spill_booked(&mut w, &stats, traces(20, 2, 3)).is_err());
+    assert_eq!(dlq_files(dir.path()), 1, "the oldest file was evicted before the write failed");
+    assert_eq!(tr.lost(LostReason::DlqEvicted), 6, "and it is counted lost");
+    assert_eq!(tr.dlq_pending_items.load(Ordering::SeqCst), 6);
+    assert_eq!(gauges.dlq_evicted_files.load(Ordering::SeqCst), 1);
+    assert_eq!(gauges.dlq_files.load(Ordering::SeqCst), 1, "gauges published on the error path");
+    assert_eq!(
+        gauges.dlq_bytes.load(Ordering::SeqCst),
+        std::fs::metadata(&dlq_paths(dir.path())[0]).unwrap().len()
+    );
+    assert_balanced(&stats);
+    // The writer loop kept the group and retries: room is there now, nothing more is evicted.
+    spill_booked(&mut w, &stats, traces(20, 2, 3)).unwrap();
+    assert_eq!(tr.lost(LostReason::DlqEvicted), 6);
+    w.maintain();
+    w.maintain();
+    assert_eq!(tr.persisted_items.load(Ordering::SeqCst), 12);
+    assert_eq!(tr.dlq_pending_items.load(Ordering::SeqCst), 0);
+    assert_balanced(&stats);
+
+    // A later eviction fails: the ones before it are still booked. The byte limit holds two
+    // small files; a big one needs both gone, and the second cannot be deleted.
+    let dir = tempfile::tempdir().unwrap();
+    let small = |first| group_of(vec![traces(first, 2, 3)], now_ns());
+    let size =
+        dlq::encode(small(0).batches(), 0, 0, 0, &WriteError::Database("test".into()).to_string()).len();
+    let cfg = StoreConfig { dlq_max_bytes: (size * 5 / 2) as u64, ..scfg(dir.path()) };
+    let (mut w, stats, _faults, gauges) = writer_with(&cfg);
+    let tr = stats.signal(Signal::Traces);
+    spill_booked(&mut w, &stats, traces(0, 2, 3)).unwrap();
+    spill_booked(&mut w, &stats, traces(10, 2, 3)).unwrap();
+    let files = dlq_paths(dir.path());
+    assert_eq!(files.len(), 2);
+    let second = std::fs::read(&files[1]).unwrap();
+    std::fs::remove_file(&files[1]).unwrap();
+    std::fs::create_dir(&files[1]).unwrap();
+    std::fs::write(files[1].join("x"), b"x").unwrap();
+    assert!(spill_booked(&mut w, &stats, traces(100, 8, 3)).is_err());
+    assert!(!files[0].exists());
+    assert_eq!(tr.lost(LostReason::DlqEvicted), 6, "the first eviction is booked");
+    assert_eq!(tr.dlq_pending_items.load(Ordering::SeqCst), 6);
+    assert_eq!(gauges.dlq_files.load(Ordering::SeqCst), 1);
+    assert_balanced(&stats);
+    std::fs::remove_dir_all(&files[1]).unwrap();
+    std::fs::write(&files[1], &second).unwrap();
+    spill_booked(&mut w, &stats, traces(100, 8, 3)).unwrap();
+    assert_eq!(tr.lost(LostReason::DlqEvicted), 12);
+    w.maintain();
+    assert_eq!(tr.persisted_items.load(Ordering::SeqCst), 24);
+    assert_eq!(dlq_files(dir.path()), 0);
+    assert_balanced(&stats);
+}
+
+#[test]
+fn dlq_dir_fsync_failure_after_the_rename_does_not_spill_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, faults, gauges) = pipeline(dir.path(), 1, false);
+    faults.fail_next_commits(usize::MAX);
+    faults.fail_next_dlq_dir_syncs(1);
+    assert_eq!(p.submit(logs_request(0, 20, 9)).outcome.accepted_items(), 20);
+    let logs = p.stats().signal(Signal::Logs);
+    assert!(eventually(WAIT, || logs.dlq_pending_items.load(Ordering::SeqCst) == 20));
+    // Give a (wrongly) failed spill time to be retried.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(dlq_files(dir.path()), 1, "the renamed file counts as spilled: one file");
+    assert_eq!(gauges[0].dlq_spilled_files.load(Ordering::SeqCst), 1);
+    faults.fail_next_commits(0);
+    assert!(eventually(WAIT, || logs.persisted_items.load(Ordering::SeqCst) == 20));
+    p.stop();
+    assert_eq!(count(dir.path(), 1, "SELECT count(*) FROM logs"), 20, "no duplicate logs");
+    assert_eq!(logs.persisted_items.load(Ordering::SeqCst), 20);
+    assert_eq!(dlq_files(dir.path()), 0);
+    assert_balanced(p.stats());
+}
+
+#[test]
+fn dlq_dir_fsync_failure_after_deleting_a_replayed_file_still_settles_the_books() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = spill_file(dir.path(), 1, 4);
+    let (mut w, stats, faults, gauges) = writer_with(&scfg(dir.path()));
+    let tr = stats.signal(Signal::Traces);
+    assert_eq!(tr.dlq_pending_items.load(Ordering::SeqCst), 12);
+    faults.fail_next_dlq_dir_syncs(1);
+    w.maintain();
+    assert!(!file.exists());
+    assert_eq!(count(dir.path(), 1, "SELECT count(*) FROM spans"), 12);
+    assert_eq!(tr.persisted_items.load(Ordering::SeqCst), 12);
+    assert_eq!(tr.dlq_pending_items.load(Ordering::SeqCst), 0);
+    assert_eq!(gauges.dlq_files.load(Ordering::SeqCst), 0);
+    assert_eq!(gauges.dlq_replay_failures.load(Ordering::SeqCst), 0);
+    assert_balanced(&stats);
+}
+
+#[test]
+fn dlq_missing_or_half_set_aside_file_does_not_block_the_shard() {
+    // A pending file deleted by hand: forgotten, counted lost, the next file replays.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, stats, _faults, gauges) = writer_with(&scfg(dir.path()));
+    spill_booked(&mut w, &stats, traces(0, 2, 3)).unwrap();
+    spill_booked(&mut w, &stats, traces(10, 2, 3)).unwrap();
+    std::fs::remove_file(&dlq_paths(dir.path())[0]).unwrap();
+    w.maintain();
+    w.maintain();
+    let tr = stats.signal(Signal::Traces);
+    assert_eq!(tr.lost(LostReason::DlqCorrupt), 6);
+    assert_eq!(tr.persisted_items.load(Ordering::SeqCst), 6, "the file behind it was replayed");
+    assert_eq!(tr.dlq_pending_items.load(Ordering::SeqCst), 0);
+    assert_eq!(gauges.dlq_files.load(Ordering::SeqCst), 0);
+    assert_balanced(&stats);
+
+    // A damaged file whose move to corrupt/ succeeded but whose directory fsync failed.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, stats, faults, _gauges) = writer_with(&scfg(dir.path()));
+    spill_booked(&mut w, &stats, traces(0, 2, 3)).unwrap();
+    spill_booked(&mut w, &stats, traces(10, 2, 3)).unwrap();
+    let first = dlq_paths(dir.path())[0].clone();
+    let len = std::fs::metadata(&first).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&first).unwrap().set_len(len / 2).unwrap();
+    faults.fail_next_dlq_dir_syncs(1);
+    w.maintain();
+    w.maintain();
+    assert!(!first.exists());
+    assert_eq!(std::fs::read_dir(dir.path().join("dlq").join(dlq::CORRUPT_DIR)).unwrap().count(), 1);
+    let tr = stats.signal(Signal::Traces);
+    assert_eq!(tr.lost(LostReason::DlqCorrupt), 6);
+    assert_eq!(tr.persisted_items.load(Ordering::SeqCst), 6, "the file behind it was replayed");
+    assert_eq!(tr.dlq_pending_items.load(Ordering::SeqCst), 0);
+    assert_eq!(dlq_files(dir.path()), 0);
+    assert_balanced(&stats);
+}
+
+#[test]
+fn dlq_decode_of_crafted_counts_does_not_reserve_gigabytes() {
+    const CHILD: &str = "OTELRING_TEST_DECODE_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        // Run the check in a child with 1 GiB of address space: the counts below would make a
+        // decoder that reserves by claimed count ask for over 2 GiB and abort (the machine's
+        // overcommit would otherwise hide it).
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 1048576 && exec \"$0\" \"$@\"")
+            .arg(&exe)
+            .args([
+                "--exact",
+                "store::dlq_decode_of_crafted_counts_does_not_reserve_gigabytes",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "child failed: {:?}\n{so}\n{se}", out.status);
+        assert!(so.contains("1 passed"), "the child ran the check: {so}");
+        return;
+    }
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    const BODY: usize = 24 << 20;
+    const CLAIMED: u64 = 16 << 20;
+    let mut body = vec![0u8]; // empty cause
+    varint(&mut body, 1); // one batch
+    body.push(0); // traces
+    body.extend_from_slice(&1i64.to_le_bytes());
+    varint(&mut body, CLAIMED); // trace groups
+    body.extend_from_slice(&[0, 1, b't']); // tenant
+    body.extend_from_slice(&[7; 16]); // trace id
+    body.extend_from_slice(&[0, 1, b's']); // service
+    body.push(0); // has_root
+    body.extend_from_slice(&[0; 16]); // start, end
+    body.extend_from_slice(&[0, 0]); // status, priority
+    varint(&mut body, CLAIMED); // spans of the first group
+    varint(&mut body, 9); // the first span names an unknown string: damaged
+    body.resize(BODY, 0);
+    let mut file = Vec::with_capacity(dlq::HEADER_LEN + BODY);
+    file.extend_from_slice(&dlq::MAGIC);
+    file.extend_from_slice(&dlq::FORMAT.to_le_bytes());
+    file.extend_from_slice(&0u32.to_le_bytes());
+    file.extend_from_slice(&1i64.to_le_bytes());
+    file.extend_from_slice(&1u64.to_le_bytes());
+    for n in [CLAIMED, 0, 0, 1, BODY as u64] {
+        file.extend_from_slice(&n.to_le_bytes());
+    }
+    file.extend_from_slice(&dlq::crc32(&body).to_le_bytes());
+    let crc = dlq::crc32(&file);
+    file.extend_from_slice(&crc.to_le_bytes());
+    assert_eq!(file.len(), dlq::HEADER_LEN);
+    file.extend_from_slice(&body);
+    drop(body);
+    let e = dlq::decode(&file, 0).unwrap_err();
+    assert!(matches!(e, dlq::DlqError::Damaged(_)), "{e}");
+}
+
+#[test]
+fn dlq_retention_keeps_the_applied_records_of_a_pending_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig { retention: Duration::from_secs(3_600), ..scfg(dir.path()) };
+    let (mut w, stats, _faults, _gauges) = writer_with(&cfg);
+    Connection::open(db(dir.path(), 0))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON logs WHEN NEW.body = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poison log'); END;",
+        )
+        .unwrap();
+    let mut rows = logs_request(0, 4, 9).rows;
+    if let Rows::Logs(l) = &mut rows {
+        l[3].body = Some("poison".into());
+    }
+    spill_booked(&mut w, &stats, rows).unwrap();
+    // poison/ cannot be created: the replay commits units 0-1 and 2, then stops at the poison
+    // unit with the file still pending.
+    let poison = dir.path().join("dlq").join(dlq::POISON_DIR);
+    std::fs::write(&poison, b"x").unwrap();
+    w.maintain();
+    assert_eq!(count(dir.path(), 1, "SELECT count(*) FROM logs"), 3);
+    assert_eq!(dlq_files(dir.path()), 1);
+    assert_eq!(count(dir.path(), 1, "SELECT count(*) FROM dlq_applied"), 2);
+    // The records age past retention while the file is still pending.
+    Connection::open(db(dir.path(), 0))
+        .unwrap()
+        .execute_batch("UPDATE dlq_applied SET applied_at = 1")
+        .unwrap();
+    while w.retention_step().unwrap() {}
+    assert_eq!(count(dir.path(), 1, "SELECT count(*) FROM dlq_applied"), 2, "kept: their file is pending");
+    std::fs::remove_file(&poison).unwrap();
+    std::thread::sleep(shard_replay_backoff());
+    w.maintain();
+    assert_eq!(dlq_files(dir.path()), 0);
+    assert_eq!(count(dir.path(), 1, "SELECT count(*) FROM logs"), 3, "no unit replayed twice");
+    let lg = stats.signal(Signal::Logs);
+    assert_eq!(lg.persisted_items.load(Ordering::SeqCst), 3);
+    assert_eq!(lg.lost(LostReason::Poison), 1);
+    assert_balanced(&stats);
+    // Once the file is finished, old records go.
+    Connection::open(db(dir.path(), 0))
+        .unwrap()
+        .execute_batch("UPDATE dlq_applied SET applied_at = 1")
+        .unwrap();
+    while w.retention_step().unwrap() {}
+    assert_eq!(count(dir.path(), 1, "SELECT count(*) FROM dlq_applied"), 0);
+}
+
+/// Longer than the first replay backoff after a failure.
+fn shard_replay_backoff() -> Duration {
+    store::shard::REPLAY_MIN_BACKOFF * 2
+}
+
+#[test]
+fn wal_over_the_truncate_limit_is_retried_while_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig { retention: Duration::ZERO, ..scfg(dir.path()) };
+    let (mut w, _stats, faults, gauges) = writer_with(&cfg);
+    faults.set_wal_truncate_bytes(1);
+    w.write(&group_of(vec![traces(1, 4, 2)], now_ns())).unwrap();
+    assert!(gauges.wal_bytes.load(Ordering::SeqCst) > 1);
+    // A reader in a read transaction keeps the TRUNCATE checkpoint from resetting the WAL.
+    let reader = Connection::open(db(dir.path(), 0)).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let n: i64 = reader.query_row("SELECT count(*) FROM spans", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 8);
+    let next = w.maintain();
+    assert!(gauges.wal_bytes.load(Ordering::SeqCst) > 1, "the reader is in the way");
+    assert!(next.is_some(), "no DLQ, no retention, but the WAL is over its limit: come back");
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    assert_eq!(w.maintain(), None, "truncated: nothing left to do");
+    assert_eq!(gauges.wal_bytes.load(Ordering::SeqCst), 0);
+}

@@ -24,6 +24,7 @@
 //! A *unit* is what bisection isolates: one trace group (a trace row with its spans and
 //! synthesized logs), one log record, or one metric point, numbered in file order.
 
+use super::Faults;
 use crate::pipeline::batch::{
     Batch, LogRow, MetricKind, MetricPointRow, NumberValue, Received, Rows, Signal, SpanId, SpanKind,
     SpanRow, StatusCode, Temporality, TraceGroup, TraceId, TraceRow,
@@ -52,6 +53,18 @@ pub const POISON_DIR: &str = "poison";
 /// Longest string or count accepted when decoding (a damaged length must not allocate
 /// gigabytes): 1 GiB, above any row the pipeline admits (`INGEST_PIPELINE_MAX_BYTES` ≤ that).
 const MAX_DECODE_LEN: u64 = 1 << 30;
+/// Most elements reserved up front for a vector read from a DLQ file. A count in a file is only
+/// bounded by the bytes left (one byte each at least), but an element in memory is tens to
+/// hundreds of bytes (a `SpanRow` is ~200): reserving a crafted or damaged count of tens of
+/// millions would ask for gigabytes before the first row fails to decode, and an allocation
+/// failure aborts the process. Beyond this, vectors grow as rows actually decode, so memory stays
+/// proportional to the file's real content.
+const DECODE_PREALLOC_MAX: usize = 1024;
+
+/// A vector for `count` elements claimed by a file, reserving at most [`DECODE_PREALLOC_MAX`].
+fn vec_for<T>(count: usize) -> Vec<T> {
+    Vec::with_capacity(count.min(DECODE_PREALLOC_MAX))
+}
 
 /// Damaged or unreadable DLQ data.
 #[derive(Debug, thiserror::Error)]
@@ -699,7 +712,7 @@ pub fn decode(bytes: &[u8], shard: usize) -> Result<Decoded, DlqError> {
     let mut r = Reader { b: body, pos: 0, strings: Vec::new() };
     let cause = r.str()?;
     let n = r.count()?;
-    let mut batches = Vec::with_capacity(n);
+    let mut batches = vec_for(n);
     let mut items = [0u64; 3];
     let mut units = 0u64;
     for _ in 0..n {
@@ -713,16 +726,16 @@ pub fn decode(bytes: &[u8], shard: usize) -> Result<Decoded, DlqError> {
         let count = r.count()?;
         let rows = match signal {
             Signal::Traces => {
-                let mut groups = Vec::with_capacity(count);
+                let mut groups = vec_for(count);
                 for _ in 0..count {
                     let trace = r.trace_row()?;
                     let ns = r.count()?;
-                    let mut spans = Vec::with_capacity(ns);
+                    let mut spans = vec_for(ns);
                     for _ in 0..ns {
                         spans.push(r.span()?);
                     }
                     let nl = r.count()?;
-                    let mut logs = Vec::with_capacity(nl);
+                    let mut logs = vec_for(nl);
                     for _ in 0..nl {
                         logs.push(r.log()?);
                     }
@@ -730,8 +743,20 @@ pub fn decode(bytes: &[u8], shard: usize) -> Result<Decoded, DlqError> {
                 }
                 Rows::Traces(groups)
             }
-            Signal::Logs => Rows::Logs((0..count).map(|_| r.log()).collect::<Result<_, _>>()?),
-            Signal::Metrics => Rows::Metrics((0..count).map(|_| r.point()).collect::<Result<_, _>>()?),
+            Signal::Logs => {
+                let mut logs = vec_for(count);
+                for _ in 0..count {
+                    logs.push(r.log()?);
+                }
+                Rows::Logs(logs)
+            }
+            Signal::Metrics => {
+                let mut points = vec_for(count);
+                for _ in 0..count {
+                    points.push(r.point()?);
+                }
+                Rows::Metrics(points)
+            }
         };
         units += count as u64;
         items[signal.index()] += rows.items();
@@ -823,9 +848,14 @@ pub struct ShardDlq {
     max_bytes: u64,
     files: VecDeque<Entry>,
     seq: u32,
+    /// Files evicted (deleted) by [`ShardDlq::spill`] and not yet handed to the caller for the
+    /// books; drained by [`ShardDlq::take_evicted`] whether the spill succeeded or not.
+    evicted: Vec<Entry>,
+    faults: Arc<Faults>,
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
+fn fsync_dir(dir: &Path, faults: &Faults) -> io::Result<()> {
+    faults.dlq_dir_sync()?;
     File::open(dir)?.sync_all()
 }
 
@@ -837,7 +867,16 @@ fn unix_nano_now() -> i64 {
 }
 
 /// Writes `bytes` to `dir/name` durably: temp name, fsync, rename, fsync the directory.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+///
+/// The rename is the commit point. Once it succeeded, a failing directory fsync is logged and the
+/// write reported successful: the file is complete (its data was fsynced) and named, so this
+/// process tracks and replays it. Reporting failure instead would make the caller keep the group
+/// and spill it again, and the first file, still on disk, would be replayed too (duplicate logs
+/// and points); removing it first is no cure, since that unlink is no more durable than the
+/// rename (same directory, same failing fsync) and the file could come back after a crash. The
+/// only cost is that a power loss before the directory is next synced may drop the name, which
+/// is the documented async-mode crash window (admitted, not committed).
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8], faults: &Faults) -> io::Result<PathBuf> {
     let tmp = dir.join(format!("{}{TMP_SUFFIX}", name.trim_end_matches(SUFFIX)));
     let path = dir.join(name);
     let result = (|| {
@@ -845,14 +884,19 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, &path)?;
-        fsync_dir(dir)
+        faults.dlq_write()?;
+        fs::rename(&tmp, &path)
     })();
-    if result.is_err() {
+    if let Err(e) = result {
         // Best effort: a leftover temp file is set aside at the next start anyway.
         let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    result.map(|()| path)
+    if let Err(e) = fsync_dir(dir, faults) {
+        tracing::warn!(file = %path.display(), error = %e,
+            "dlq directory fsync failed after the rename; the file is complete and kept");
+    }
+    Ok(path)
 }
 
 impl ShardDlq {
@@ -868,8 +912,16 @@ impl ShardDlq {
             .filter(|n| n.starts_with(&prefix))
             .collect();
         names.sort();
-        let mut me =
-            Self { dir: dir.to_owned(), shard, max_files, max_bytes, files: VecDeque::new(), seq: 0 };
+        let mut me = Self {
+            dir: dir.to_owned(),
+            shard,
+            max_files,
+            max_bytes,
+            files: VecDeque::new(),
+            seq: 0,
+            evicted: Vec::new(),
+            faults: Arc::new(Faults::default()),
+        };
         let mut rec = Recovered::default();
         for name in names {
             let path = dir.join(&name);
@@ -910,6 +962,11 @@ impl ShardDlq {
         Ok((me, rec))
     }
 
+    /// Shares the store's failure-injection hook (tests).
+    pub fn set_faults(&mut self, faults: Arc<Faults>) {
+        self.faults = faults;
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -932,15 +989,18 @@ impl ShardDlq {
         (u64::from(std::process::id()) << 32) | u64::from(self.seq)
     }
 
-    /// Writes `batches` as a new file. Before writing, evicts the oldest files while the limits
-    /// would be passed and returns them (the caller counts them lost). A file larger than the
-    /// byte limit on its own is still written once everything older is gone.
-    pub fn spill(&mut self, batches: &[Batch], cause: &str) -> io::Result<(Entry, Vec<Entry>)> {
+    /// Writes `batches` as a new file. Before writing (so a full disk gets the space back),
+    /// evicts the oldest files while the limits would be passed. A file larger than the byte
+    /// limit on its own is still written once everything older is gone.
+    ///
+    /// Evicted files are gone whether or not the spill then succeeds: they are kept for
+    /// [`ShardDlq::take_evicted`], which the caller must call after every spill, `Ok` or `Err`,
+    /// to count them lost.
+    pub fn spill(&mut self, batches: &[Batch], cause: &str) -> io::Result<Entry> {
         fs::create_dir_all(&self.dir)?;
         let created = unix_nano_now();
         let seq = self.next_seq();
         let bytes = encode(batches, self.shard as u32, created, seq, cause);
-        let mut evicted = Vec::new();
         while !self.files.is_empty()
             && (self.files.len() as u64 + 1 > self.max_files
                 || self.bytes() + bytes.len() as u64 > self.max_bytes)
@@ -955,16 +1015,26 @@ impl ShardDlq {
                     }
                 }
                 tracing::error!(file = %old.path.display(), "dlq full; oldest file evicted and counted lost");
-                evicted.push(old);
+                self.evicted.push(old);
             }
         }
         let header = Header::decode(&bytes).map_err(|e| io::Error::other(e.to_string()))?;
         let id = header.id();
         let name = format!("shard-{:02}-{id}{SUFFIX}", self.shard);
-        let path = write_atomic(&self.dir, &name, &bytes)?;
+        let path = write_atomic(&self.dir, &name, &bytes, &self.faults)?;
         let entry = Entry { id, path, bytes: bytes.len() as u64, items: header.items };
         self.files.push_back(entry.clone());
-        Ok((entry, evicted))
+        Ok(entry)
+    }
+
+    /// The files evicted by spills since the last call (to be counted lost).
+    pub fn take_evicted(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Forgets the oldest file without touching the disk (it is already gone).
+    pub fn forget_oldest(&mut self) -> Option<Entry> {
+        self.files.pop_front()
     }
 
     /// Reads and checks the oldest file.
@@ -973,7 +1043,9 @@ impl ShardDlq {
         decode(&bytes, self.shard)
     }
 
-    /// Deletes the oldest file (replayed) durably.
+    /// Deletes the oldest file (replayed). Once the unlink succeeded the file is gone and
+    /// forgotten even if the directory fsync then fails (logged): should the name come back after
+    /// a crash, `dlq_applied` makes its replay a no-op.
     pub fn remove_oldest(&mut self) -> io::Result<()> {
         if let Some(e) = self.files.pop_front() {
             match fs::remove_file(&e.path) {
@@ -984,27 +1056,42 @@ impl ShardDlq {
                     return Err(err);
                 }
             }
-            fsync_dir(&self.dir)?;
+            if let Err(err) = fsync_dir(&self.dir, &self.faults) {
+                tracing::warn!(file = %e.path.display(), error = %err,
+                    "dlq directory fsync failed after deleting a replayed file; it stays deleted");
+            }
         }
         Ok(())
     }
 
-    /// Moves the oldest file (damaged) to `corrupt/` and forgets it.
+    /// Moves the oldest file (damaged) to `corrupt/` and forgets it. A file already gone
+    /// (NotFound) is forgotten too.
     pub fn set_aside_oldest(&mut self) -> io::Result<Option<Entry>> {
         let Some(e) = self.files.pop_front() else { return Ok(None) };
-        if let Err(err) = self.set_aside(&e.path) {
-            self.files.push_front(e);
-            return Err(err);
+        match self.set_aside(&e.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                self.files.push_front(e);
+                return Err(err);
+            }
         }
         Ok(Some(e))
     }
 
+    /// Moves `path` to `corrupt/`. Once the rename succeeded the file has left the DLQ: a failing
+    /// directory fsync is logged, not returned (the entry must not be kept for a file that is no
+    /// longer under its name).
     fn set_aside(&self, path: &Path) -> io::Result<()> {
         let corrupt = self.dir.join(CORRUPT_DIR);
         fs::create_dir_all(&corrupt)?;
         let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         fs::rename(path, corrupt.join(name))?;
-        fsync_dir(&self.dir)
+        if let Err(err) = fsync_dir(&self.dir, &self.faults) {
+            tracing::warn!(file = %path.display(), error = %err,
+                "dlq directory fsync failed after setting a file aside; it stays set aside");
+        }
+        Ok(())
     }
 
     /// Writes poison units to `poison/` (same format, so they can be inspected or re-fed).
@@ -1020,7 +1107,7 @@ impl ShardDlq {
         let seq = self.next_seq();
         let bytes = encode(batches, self.shard as u32, unix_nano_now(), seq, cause);
         let name = format!("shard-{:02}-{file_id}-unit-{first}{SUFFIX}", self.shard);
-        write_atomic(&dir, &name, &bytes)
+        write_atomic(&dir, &name, &bytes, &self.faults)
     }
 }
 

@@ -113,6 +113,10 @@ pub struct ShardGauges {
 #[derive(Debug, Default)]
 pub struct Faults {
     fail_commits: AtomicUsize,
+    fail_dlq_writes: AtomicUsize,
+    fail_dlq_dir_syncs: AtomicUsize,
+    /// 0: [`shard::WAL_TRUNCATE_BYTES`]; else the WAL size that counts as over the limit.
+    wal_truncate_bytes: AtomicU64,
     /// Statements queued so far; writer i runs those after the last one it ran.
     sql_len: AtomicUsize,
     sql: Mutex<Vec<String>>,
@@ -130,6 +134,42 @@ impl Faults {
         let mut q = self.sql.lock().unwrap_or_else(|p| p.into_inner());
         q.push(sql.into());
         self.sql_len.store(q.len(), Ordering::SeqCst);
+    }
+    /// Fails the next `n` DLQ file writes (of any shard) after the temp file is written and
+    /// before it is renamed, as a full disk would.
+    pub fn fail_next_dlq_writes(&self, n: usize) {
+        self.fail_dlq_writes.store(n, Ordering::SeqCst);
+    }
+    /// Fails the next `n` fsyncs of a DLQ directory (of any shard) with an I/O error; the
+    /// operation before them (rename, unlink) has already happened.
+    pub fn fail_next_dlq_dir_syncs(&self, n: usize) {
+        self.fail_dlq_dir_syncs.store(n, Ordering::SeqCst);
+    }
+    /// Makes the writers treat a WAL over `bytes` as over [`shard::WAL_TRUNCATE_BYTES`]
+    /// (0 restores the real limit), so tests need not write hundreds of MB.
+    pub fn set_wal_truncate_bytes(&self, bytes: u64) {
+        self.wal_truncate_bytes.store(bytes, Ordering::SeqCst);
+    }
+    pub(crate) fn wal_truncate_bytes(&self) -> u64 {
+        match self.wal_truncate_bytes.load(Ordering::Relaxed) {
+            0 => shard::WAL_TRUNCATE_BYTES,
+            n => n,
+        }
+    }
+    fn take_one(counter: &AtomicUsize) -> bool {
+        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok()
+    }
+    pub(crate) fn dlq_write(&self) -> std::io::Result<()> {
+        if Self::take_one(&self.fail_dlq_writes) {
+            return Err(std::io::Error::other("injected dlq write failure"));
+        }
+        Ok(())
+    }
+    pub(crate) fn dlq_dir_sync(&self) -> std::io::Result<()> {
+        if Self::take_one(&self.fail_dlq_dir_syncs) {
+            return Err(std::io::Error::other("injected dlq directory fsync failure"));
+        }
+        Ok(())
     }
     /// Statements queued after the first `seen`; updates `seen`.
     pub(crate) fn take_sql(&self, seen: &mut usize) -> Vec<String> {
@@ -245,8 +285,9 @@ impl Store {
         for i in 0..shards {
             let path = cfg.data_dir.join(shard_file_name(i));
             let conn = shard::open_connection(&path)?;
-            let (q, rec) = dlq::ShardDlq::open(&cfg.dlq_path, i, max_files, max_bytes)
+            let (mut q, rec) = dlq::ShardDlq::open(&cfg.dlq_path, i, max_files, max_bytes)
                 .map_err(|e| StoreError::io(&cfg.dlq_path, e))?;
+            q.set_faults(faults.clone());
             for s in Signal::ALL {
                 let st = stats.signal(s);
                 let (items, corrupt) = (rec.items[s.index()], rec.corrupt_items[s.index()]);

@@ -55,6 +55,9 @@ pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// checkpoints keep the WAL near one transaction (≈ 10–20 MB at 20,000 rows) unless a reader
 /// holds an old snapshot.
 pub const WAL_TRUNCATE_BYTES: u64 = 256 * 1024 * 1024;
+/// How soon `maintain` tries the TRUNCATE checkpoint again while the WAL stays over
+/// [`WAL_TRUNCATE_BYTES`] (a reader was in the way), even when nothing else is due.
+pub const WAL_TRUNCATE_RETRY: Duration = Duration::from_secs(1);
 /// WAL size above which a warning is logged (at most once per [`WAL_WARN_INTERVAL`]).
 pub const WAL_WARN_BYTES: u64 = 1024 * 1024 * 1024;
 pub const WAL_WARN_INTERVAL: Duration = Duration::from_secs(60);
@@ -646,7 +649,8 @@ impl ShardWriter {
             self.next_retention =
                 Instant::now() + if more { RETENTION_BUSY_INTERVAL } else { RETENTION_INTERVAL };
         }
-        if self.gauges.wal_bytes.load(Ordering::Relaxed) > WAL_TRUNCATE_BYTES {
+        let wal_limit = self.faults.wal_truncate_bytes();
+        if self.gauges.wal_bytes.load(Ordering::Relaxed) > wal_limit {
             self.checkpoint_truncate();
         }
         let now = Instant::now();
@@ -656,6 +660,11 @@ impl ShardWriter {
         }
         if !self.retention.is_zero() {
             next = Some(next.map_or(self.next_retention, |n| n.min(self.next_retention)));
+        }
+        if self.gauges.wal_bytes.load(Ordering::Relaxed) > wal_limit {
+            // A reader kept the WAL from being truncated: try again while idle too.
+            let retry = now + WAL_TRUNCATE_RETRY;
+            next = Some(next.map_or(retry, |n| n.min(retry)));
         }
         next.map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)))
     }
@@ -682,6 +691,17 @@ impl ShardWriter {
                         Replay::Failed
                     }
                 };
+            }
+            Err(DlqError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Gone (deleted by hand, or moved away by a set-aside whose fsync failed): waiting
+                // would block every later file of this shard forever. Its items leave dlq_pending
+                // as lost; should it come back, dlq_applied still guards what was committed.
+                tracing::error!(shard = self.shard, file = %entry.path.display(),
+                    "pending dlq file is missing; forgotten and counted lost");
+                self.dlq.forget_oldest();
+                self.gauges.dlq_corrupt_files.fetch_add(1, Ordering::Relaxed);
+                self.book_finished(&entry, [0; 3], LostReason::DlqCorrupt, entry.items);
+                return Replay::Finished;
             }
             Err(DlqError::Io(e)) => {
                 tracing::warn!(shard = self.shard, error = %e, "could not read a dlq file");
@@ -812,6 +832,11 @@ impl ShardWriter {
             return Ok(false);
         };
         let cutoff = unix_nano_now().saturating_sub(age);
+        // `dlq_applied` records of a file still pending must outlive any age: a partly replayed
+        // file whose records went would be replayed again in full (duplicate logs and points).
+        // File ids sort by creation and have one length, and a file's records are its id or
+        // start with it, so keeping every record >= the oldest pending id keeps them all.
+        let oldest_pending: Option<String> = self.dlq.oldest().map(|e| e.id.clone());
         self.prepare();
         let conn = &self.conn;
         let run = || -> rusqlite::Result<(bool, u64)> {
@@ -832,7 +857,8 @@ impl ShardWriter {
                 }
             }
             let mut more = old.len() as i64 == RETENTION_TRACES_PER_STEP;
-            conn.prepare_cached("DELETE FROM dlq_applied WHERE applied_at < ?1")?.execute([cutoff])?;
+            conn.prepare_cached("DELETE FROM dlq_applied WHERE applied_at < ?1 AND (?2 IS NULL OR id < ?2)")?
+                .execute((cutoff, oldest_pending.as_deref()))?;
             for table in ["logs", "metric_points"] {
                 let n = conn
                     .prepare_cached(&format!(
@@ -932,9 +958,10 @@ impl BatchWriter for ShardWriter {
     }
 
     fn spill(&mut self, batches: &[Batch], cause: &WriteError) -> Result<(), WriteError> {
-        let (_, evicted) =
-            self.dlq.spill(batches, &cause.to_string()).map_err(|e| WriteError::Spill(e.to_string()))?;
-        for old in evicted {
+        let spilled = self.dlq.spill(batches, &cause.to_string());
+        // Evictions happen before the write: book them even when the write then failed (the
+        // files are gone either way; the group itself stays with the writer loop).
+        for old in self.dlq.take_evicted() {
             self.gauges.dlq_evicted_files.fetch_add(1, Ordering::Relaxed);
             for s in Signal::ALL {
                 let n = old.items[s.index()];
@@ -943,9 +970,11 @@ impl BatchWriter for ShardWriter {
                 st.dlq_pending_items.fetch_sub(n as i64, Ordering::Relaxed);
             }
         }
-        self.gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
+        if spilled.is_ok() {
+            self.gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
+        }
         self.publish_dlq();
-        Ok(())
+        spilled.map(drop).map_err(|e| WriteError::Spill(e.to_string()))
     }
 
     fn maintain(&mut self) -> Option<Duration> {
