@@ -624,7 +624,7 @@ fn replay_fuzz_seeds_and_regressions() {
 
 /// Writes the prost-built seeds (run with `--ignored` after changing the fixtures).
 #[test]
-#[ignore]
+#[ignore = "writes fuzz/seeds: run by hand with --ignored after changing the fixtures"]
 fn write_fuzz_seeds() {
     let dir = fuzz_dir().join("seeds");
     let put = |target: &str, name: &str, data: &[u8]| {
