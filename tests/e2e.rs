@@ -811,3 +811,160 @@ async fn idle_grpc_connections_are_closed_after_the_keepalive_idle_time() {
     assert!(freed.is_ok(), "the connection slot was not freed");
     s.stop().await;
 }
+
+// ------------------------------------------------------------------------------------------
+// Hostile input over both transports (issue 7): each gets its 4xx / gRPC code, the server stays
+// up, and valid traffic sent alongside is persisted completely.
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field.
+fn ld(field: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 8);
+    varint(u64::from(field << 3 | 2), &mut out);
+    varint(body.len() as u64, &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+/// An `AnyValue` nested `depth` arrays deep, built without recursion.
+fn nested_any_value(depth: usize) -> Vec<u8> {
+    let inner = ld(1, b"x"); // AnyValue { string_value: "x" }
+    // Sizes from the inside out: ArrayValue { values: AnyValue } then AnyValue { array_value }.
+    let mut prefixes: Vec<Vec<u8>> = Vec::with_capacity(depth);
+    let mut len = inner.len() as u64;
+    for _ in 0..depth {
+        let mut p = Vec::new();
+        let mut arr = Vec::new();
+        varint(u64::from(1u32 << 3 | 2), &mut arr);
+        varint(len, &mut arr);
+        let arr_len = arr.len() as u64 + len;
+        varint(u64::from(5u32 << 3 | 2), &mut p);
+        varint(arr_len, &mut p);
+        p.extend_from_slice(&arr);
+        len += p.len() as u64;
+        prefixes.push(p);
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    for p in prefixes.iter().rev() {
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(&inner);
+    out
+}
+
+/// An ExportTraceServiceRequest with one span carrying `attributes` (encoded KeyValues).
+fn request_with_attributes(attributes: &[u8], trace_id: &[u8]) -> Vec<u8> {
+    let mut span = ld(1, trace_id);
+    span.extend(ld(2, &[1, 2, 3, 4, 5, 6, 7, 8]));
+    span.extend(ld(5, b"hostile"));
+    span.extend_from_slice(attributes);
+    ld(1, &ld(2, &ld(2, &span)))
+}
+
+fn attribute(key: &str, value: &[u8]) -> Vec<u8> {
+    let mut kv = ld(1, key.as_bytes());
+    kv.extend(ld(2, value));
+    ld(9, &kv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_its_error_and_valid_traffic_alongside_is_persisted() {
+    let mut s = TestServer::start(|_, _| {}, true).await;
+    let id = [7u8; 16];
+    let deep = request_with_attributes(&attribute("deep", &nested_any_value(200_000)), &id);
+    let mut many = Vec::new();
+    for i in 0..1_000_000u32 {
+        many.extend(attribute("a", &{
+            let mut v = Vec::new();
+            varint(3 << 3, &mut v); // int_value
+            varint(u64::from(i % 100), &mut v);
+            v
+        }));
+    }
+    let many = request_with_attributes(&many, &id);
+    let bad_utf8 = request_with_attributes(&attribute("k", &ld(1, &[0xff, 0xfe, b'x'])), &id);
+    let short_id = request_with_attributes(&[], &[1, 2, 3]);
+    let truncated = {
+        let mut v = request_with_attributes(&[], &id);
+        v.truncate(v.len() - 3);
+        v
+    };
+    let wrong_wire_type = vec![0x09, 1, 2, 3, 4, 5, 6, 7, 8]; // field 1 as fixed64
+    let protobuf_cases: Vec<(&str, Vec<u8>)> = vec![
+        ("200,000-level AnyValue", deep),
+        ("1,000,000 attributes", many),
+        ("invalid UTF-8", bad_utf8),
+        ("3-byte trace id", short_id),
+        ("truncated", truncated),
+        ("wrong wire type", wrong_wire_type),
+    ];
+    // Valid traffic at the same time, over both transports.
+    let valid = {
+        let http = s.http;
+        tokio::spawn(async move {
+            let mut ok = 0;
+            for n in 0..30u64 {
+                let (st, _, _) =
+                    post(http, "/v1/traces", "application/json", None, load_trace(5_000_000 + n, 10).into())
+                        .await;
+                ok += u64::from(st == 200);
+            }
+            ok
+        })
+    };
+    for (name, body) in &protobuf_cases {
+        let (st, _, _) = post(s.http, "/v1/traces", "application/x-protobuf", None, body.clone()).await;
+        assert_eq!(st, 400, "HTTP {name}");
+        let (code, msg, _) = grpc_call(s.grpc, TRACE_PATH, &[], framed(body, false)).await;
+        assert_eq!(code, "3", "gRPC {name}: {msg}");
+    }
+    let json_cases: Vec<(&str, String)> = vec![
+        (
+            "base64 trace id",
+            JSON_TRACE.replace("5B8EFFF798038103D269B633813FC60C", "W47/95gDgQPSabYzgT/GDA=="),
+        ),
+        ("huge number", JSON_TRACE.replace("\"1544712660000000000\"", "1e400")),
+        ("timestamp beyond i64", JSON_TRACE.replace("\"1544712660000000000\"", "\"18446744073709551615\"")),
+        ("not an object", "[1,2,3]".to_string()),
+    ];
+    for (name, body) in json_cases {
+        let (st, _, resp) = post(s.http, "/v1/traces", "application/json", None, body.into()).await;
+        assert_eq!(st, 400, "JSON {name}: {}", String::from_utf8_lossy(&resp));
+    }
+    // Duplicate keys: last wins, accepted.
+    let dup = JSON_TRACE.replace(r#""name":"json span""#, r#""name":"first","name":"json span""#);
+    assert_eq!(post(s.http, "/v1/traces", "application/json", None, dup.into()).await.0, 200);
+    assert_eq!(valid.await.unwrap(), 30, "valid traffic was answered 200 throughout");
+    s.stop().await;
+    assert_eq!(s.count("SELECT count(*) FROM spans WHERE service_name = 'load-svc'"), 300);
+    assert_eq!(s.count("SELECT count(*) FROM spans WHERE name = 'json span'"), 1);
+    s.assert_books();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_cut_off_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TestServer::start(|_, c| c.header_read_timeout = Duration::from_millis(300), true).await;
+    let mut sock = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    sock.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Never finish the headers: the server must close the connection.
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a client that never finishes its headers kept its connection");
+    s.stop().await;
+}
