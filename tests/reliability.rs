@@ -110,7 +110,11 @@ fn kill_9_under_load_five_times_leaves_sound_shards_that_restart() {
         for t in &acked {
             let id = format!("{t:032x}");
             let c: i64 = conn
-                .query_row("SELECT count(*) FROM spans WHERE trace_id = ?1", [&id], |r| r.get(0))
+                .query_row(
+                    "SELECT count(*) FROM spans WHERE tenant_id = 'default' AND trace_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
                 .unwrap();
             lost += 20 - c;
         }
@@ -159,8 +163,135 @@ fn commit_mode_loses_nothing_acknowledged_on_kill_9() {
     let conn = otelring::store::sql::open_read_only(dir.path()).unwrap();
     for n in &acked {
         let id = format!("{n:032x}");
-        let c: i64 =
-            conn.query_row("SELECT count(*) FROM spans WHERE trace_id = ?1", [&id], |r| r.get(0)).unwrap();
+        let c: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM spans WHERE tenant_id = 'default' AND trace_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )
+            .unwrap();
         assert_eq!(c, 20, "acknowledged trace {id} lost after kill -9 in commit mode");
     }
+}
+
+/// A JSON request of 10 five-span traces numbered from `first`; trace `first` has an ERROR
+/// span (priority), the other nine are healthy.
+fn mixed_request(first: u64) -> String {
+    let mut spans = Vec::new();
+    for t in first..first + 10 {
+        for i in 0..5u64 {
+            let status = if t == first && i == 4 { r#"{"code":2,"message":"boom"}"# } else { "{}" };
+            spans.push(format!(
+                r#"{{"traceId":"{t:032x}","spanId":"{:016x}","name":"op","kind":2,"startTimeUnixNano":"1000","endTimeUnixNano":"2000","status":{status},"attributes":[{{"key":"k","value":{{"stringValue":"{}"}}}}]}}"#,
+                t * 16 + i + 1,
+                "v".repeat(200)
+            ));
+        }
+    }
+    format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"overload"}}}}]}},"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+        spans.join(",")
+    )
+}
+
+#[test]
+fn overload_sheds_healthy_data_keeps_every_acknowledged_priority_trace_and_stays_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small byte cap (a few requests' rows) so 4 clients that are answered at admission
+    // outrun the writers: the soft zone sheds healthy traces, and full queues throttle.
+    let (mut child, http) =
+        spawn(dir.path(), &[("OTELRING_MAX_BODY_BYTES", "128KiB"), ("INGEST_PIPELINE_MAX_BYTES", "256KiB")]);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_priority = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let (dropped, throttled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..4u64)
+        .map(|c| {
+            let (stop, acked, dropped, throttled) =
+                (stop.clone(), acked_priority.clone(), dropped.clone(), throttled.clone());
+            rt.spawn(async move {
+                let client = reqwest::Client::new();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let first = (c * 1_000_000 + i) * 10;
+                    i += 1;
+                    let Ok(resp) = client
+                        .post(format!("http://{http}/v1/traces"))
+                        .header("content-type", "application/json")
+                        .body(mixed_request(first))
+                        .send()
+                        .await
+                    else {
+                        break;
+                    };
+                    match resp.status().as_u16() {
+                        200 => {
+                            let body = resp.bytes().await.unwrap_or_default();
+                            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                            let d: u64 = v["partialSuccess"]["rejectedSpans"]
+                                .as_str()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0);
+                            assert!(d <= 45, "only the 45 healthy spans may be dropped, got {d}");
+                            dropped.fetch_add(d, Ordering::SeqCst);
+                            acked.lock().unwrap().push(first);
+                        }
+                        429 => {
+                            assert!(resp.headers().contains_key("retry-after"));
+                            throttled.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => panic!("unexpected status {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    // /healthz stays responsive throughout.
+    let health = {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            let client = reqwest::Client::new();
+            let mut worst = Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                let t = std::time::Instant::now();
+                let r = client.get(format!("http://{http}/healthz")).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                worst = worst.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            worst
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        rt.block_on(c).unwrap();
+    }
+    let worst = rt.block_on(health).unwrap();
+    assert!(worst < Duration::from_secs(2), "/healthz took {worst:?}");
+    assert!(
+        dropped.load(Ordering::SeqCst) + throttled.load(Ordering::SeqCst) > 0,
+        "the load overloaded the server (soft zone or full)"
+    );
+    assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    let conn = otelring::store::sql::open_read_only(dir.path()).unwrap();
+    let acked = acked_priority.lock().unwrap().clone();
+    for first in &acked {
+        let id = format!("{first:032x}");
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM spans WHERE tenant_id = 'default' AND trace_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 5, "acknowledged priority trace {id} incomplete");
+    }
+    eprintln!(
+        "overload: {} requests acknowledged, {} healthy spans dropped, {} throttled, worst /healthz {worst:?}",
+        acked.len(),
+        dropped.load(Ordering::SeqCst),
+        throttled.load(Ordering::SeqCst)
+    );
 }
