@@ -510,14 +510,6 @@ async fn connect_http(
     Ok(send)
 }
 
-fn grpc_path(signal: crate::pipeline::Signal) -> &'static str {
-    match signal {
-        crate::pipeline::Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-        crate::pipeline::Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-        crate::pipeline::Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-    }
-}
-
 /// Reads `partial_success.rejected_*` (field 1 of field 1) from a protobuf Export response.
 fn dropped_of(body: &[u8]) -> u64 {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -532,7 +524,7 @@ async fn call(conn: &mut Conn, a: &LoadgenArgs, p: &Prepared) -> Reply {
         Conn::Grpc(h2c) => {
             let mut b = http::Request::builder()
                 .method("POST")
-                .uri(format!("http://{}{}", a.target_grpc, grpc_path(p.signal)))
+                .uri(format!("http://{}{}", a.target_grpc, crate::server::grpc::path_of(p.signal)))
                 .header("content-type", "application/grpc")
                 .header("te", "trailers");
             if a.gzip {

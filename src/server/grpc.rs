@@ -38,9 +38,10 @@ pub const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Pending locally-reset streams kept before the connection is closed (h2 reset-flood guard).
 pub const MAX_PENDING_RESETS: usize = 64;
 
-const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
-const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+/// Method paths of the three OTLP `Export` calls.
+pub const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+pub const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
 /// Accepts gRPC connections until `shutdown` turns true, then closes them gracefully (GOAWAY).
 pub async fn serve(
@@ -129,6 +130,15 @@ async fn connection(
                 }
             }
         }
+    }
+}
+
+/// The method path of `signal`'s Export call.
+pub fn path_of(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Traces => TRACES,
+        Signal::Logs => LOGS,
+        Signal::Metrics => METRICS,
     }
 }
 

@@ -6,7 +6,7 @@
 use super::status::{Failure, Success};
 use crate::config::DecodeConfig;
 use crate::metrics::{FilterReason, Metrics, RequestRejectReason, Transport};
-use crate::otlp::{self, DecodeError, Decoded, Encoding};
+use crate::otlp::{self, Encoding};
 use crate::pipeline::batch::Received;
 use crate::pipeline::{Outcome, Pipeline, Signal};
 use std::io::Read;
@@ -159,24 +159,6 @@ pub struct Call {
     pub started: Instant,
 }
 
-fn decode(
-    signal: Signal,
-    enc: Encoding,
-    body: &[u8],
-    cfg: &DecodeConfig,
-    tenant: Arc<str>,
-) -> Result<Decoded, DecodeError> {
-    let received = Received::now();
-    match (signal, enc) {
-        (Signal::Traces, Encoding::Protobuf) => otlp::decode_traces_proto(body, cfg, tenant, received),
-        (Signal::Logs, Encoding::Protobuf) => otlp::decode_logs_proto(body, cfg, tenant, received),
-        (Signal::Metrics, Encoding::Protobuf) => otlp::decode_metrics_proto(body, cfg, tenant, received),
-        (Signal::Traces, Encoding::Json) => otlp::decode_traces_json(body, cfg, tenant, received),
-        (Signal::Logs, Encoding::Json) => otlp::decode_logs_json(body, cfg, tenant, received),
-        (Signal::Metrics, Encoding::Json) => otlp::decode_metrics_json(body, cfg, tenant, received),
-    }
-}
-
 impl Ingest {
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
@@ -217,13 +199,13 @@ impl Ingest {
             ));
         }
         let decoded = if body.len() <= INLINE_DECODE_MAX_BYTES {
-            decode(signal, encoding, &body, &self.decode, tenant)
+            otlp::decode(signal, encoding, &body, &self.decode, tenant, Received::now())
         } else {
             let permit = self.decode_permits.clone().acquire_owned().await;
             let cfg = self.decode.clone();
             let joined = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                decode(signal, encoding, &body, &cfg, tenant)
+                otlp::decode(signal, encoding, &body, &cfg, tenant, Received::now())
             })
             .await;
             match joined {

@@ -28,8 +28,6 @@ use tokio::sync::watch;
 /// How long new requests are refused with UNAVAILABLE / 503 after a stop signal, before the
 /// listeners close (DESIGN 1.3); ends as soon as no client connection is open.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
-/// Longest tenant id in bytes (DESIGN 1.4).
-pub const MAX_TENANT_BYTES: usize = 64;
 /// Readiness: not ready after this long above the soft threshold (DESIGN 1.5).
 pub const NOT_READY_AFTER: Duration = Duration::from_secs(5);
 /// Readiness: ready again below this fullness (hysteresis).
@@ -91,11 +89,8 @@ pub fn tenant_of(
     let named = match header {
         None => None,
         Some(Ok(t)) => {
-            if t.is_empty() || t.len() > MAX_TENANT_BYTES || t.chars().any(char::is_control) {
-                return Err(Failure::BadRequest(format!(
-                    "invalid x-tenant-id: must be 1 to {MAX_TENANT_BYTES} bytes without control characters"
-                )));
-            }
+            crate::config::validate_tenant(t)
+                .map_err(|e| Failure::BadRequest(format!("invalid x-tenant-id: {e}")))?;
             Some(t)
         }
         Some(Err(())) => return Err(Failure::BadRequest("invalid x-tenant-id: not visible ASCII".into())),
