@@ -650,7 +650,7 @@ pub(crate) fn load_trace(n: u64, spans: u64) -> String {
 fn sigterm_under_load_exits_zero_and_the_books_balance() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_otelring"))
+    let mut child = std::process::Command::new(crate::util::server_bin())
         .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--workers", "2"])
         .arg("--data-dir")
         .arg(dir.path())

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// Starts the binary on `dir` and returns it with its HTTP address.
 fn spawn(dir: &Path, extra_env: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otelring"));
+    let mut cmd = Command::new(crate::util::server_bin());
     cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--workers", "2"])
         .arg("--data-dir")
         .arg(dir)

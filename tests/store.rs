@@ -615,7 +615,7 @@ fn sql_sees_rows_from_every_shard() {
     let mut out = Vec::new();
     assert!(store::sql::run(dir.path(), "DELETE FROM s0.spans", false, &mut out).is_err());
     // The binary, end to end.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_otelring"))
+    let o = std::process::Command::new(crate::util::server_bin())
         .args(["sql", "--json", "SELECT count(*) AS n FROM logs"])
         .env("OTELRING_DATA_DIR", dir.path())
         .output()
@@ -635,7 +635,7 @@ fn a_shard_count_mismatch_is_refused() {
     // Reopening with the recorded count works.
     drop(open(dir.path(), 2));
     // The CLI: unset workers reuse the record, an explicit different value is refused.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_otelring"))
+    let o = std::process::Command::new(crate::util::server_bin())
         .args(["config"])
         .env("OTELRING_DATA_DIR", dir.path())
         .env("INGEST_PIPELINE_WORKERS", "3")
@@ -643,7 +643,7 @@ fn a_shard_count_mismatch_is_refused() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("INGEST_PIPELINE_WORKERS"));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_otelring"))
+    let o = std::process::Command::new(crate::util::server_bin())
         .args(["config"])
         .env("OTELRING_DATA_DIR", dir.path())
         .env_remove("INGEST_PIPELINE_WORKERS")

@@ -313,3 +313,13 @@ pub fn eventually(timeout: Duration, f: impl Fn() -> bool) -> bool {
     }
     f()
 }
+
+/// The server binary the end-to-end and reliability tests start: `$OTELRING_BIN` when set
+/// (`.ci/test` points it at the release build, which is what users run), else the debug binary
+/// cargo built for these tests.
+pub fn server_bin() -> std::path::PathBuf {
+    match std::env::var_os("OTELRING_BIN") {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => std::path::PathBuf::from(env!("CARGO_BIN_EXE_otelring")),
+    }
+}
