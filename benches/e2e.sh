@@ -7,26 +7,28 @@
 #   e.g. benches/e2e.sh async "" "--transport grpc --requests 800 --items 1000"
 #        benches/e2e.sh commit "INGEST_ASYNC_ENABLED=false" "--requests 800 --items 1000 --concurrency 16"
 #
-# Build once first: cargo build --release --features loadgen
+# Build once first: cargo build --release --features loadgen. The binary: $OTELRING_BIN, else
+# ${CARGO_TARGET_DIR:-<repo>/target}/release/otelring. The whole matrix (every scenario, the
+# baseline in the same run, checks, medians): benches/matrix.sh.
 set -euo pipefail
 label=$1; server_env=$2; loadgen_args=$3
-bin="$(cd "$(dirname "$0")/.." && pwd)/target/release/otelring"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+bin="${OTELRING_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/otelring}"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 grpc=127.0.0.1:$((20000 + RANDOM % 20000)); http=127.0.0.1:$((40000 + RANDOM % 20000))
+# shellcheck disable=SC2086 # the env and loadgen arguments are word lists
 env $server_env "$bin" --data-dir "$dir/data" --grpc-addr "$grpc" --http-addr "$http" >"$dir/out" 2>"$dir/err" &
 pid=$!
 for _ in $(seq 100); do grep -q listening "$dir/out" 2>/dev/null && break; sleep 0.05; done
-# The loadgen pre-encodes before its clock starts; the server's clock here starts with the load.
-"$bin" loadgen --target-grpc "$grpc" --target-http "$http" --json $loadgen_args >"$dir/load.json" 2>"$dir/load.err" &
-lpid=$!
-# Wait for pre-encoding to finish (the loadgen prints it), then start timing.
-for _ in $(seq 600); do grep -q "pre-encoded" "$dir/load.err" 2>/dev/null && break; sleep 0.05; done
-start=$(date +%s.%N)
-wait $lpid
+# The loadgen pre-encodes before its clock starts and reports when its first request went out
+# (start_unix_ns); --settle-ms 0: SIGTERM as soon as the load ends.
+# shellcheck disable=SC2086
+"$bin" loadgen --target-grpc "$grpc" --target-http "$http" --json --settle-ms 0 $loadgen_args >"$dir/load.json" 2>"$dir/load.err"
 kill -TERM $pid
 wait $pid || true
 end=$(date +%s.%N)
+start=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["start_unix_ns"] / 1e9)' "$dir/load.json")
 persisted=$(grep -o 'books traces [^ ]* [^ ]* persisted=[0-9]*' "$dir/err" | grep -o '[0-9]*$' || echo 0)
 for s in logs metrics; do
   p=$(grep -o "books $s [^ ]* [^ ]* persisted=[0-9]*" "$dir/err" | grep -o '[0-9]*$' || echo 0)

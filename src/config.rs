@@ -620,15 +620,43 @@ pub use cli::*;
 #[cfg(feature = "server")]
 mod cli {
     use super::*;
-    use clap::{Args, Parser, Subcommand};
+    use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
     use std::path::PathBuf;
 
-    /// otelring: OpenTelemetry ingest into sharded SQLite.
-    #[derive(Debug, Parser)]
-    #[command(name = "otelring", version, about, propagate_version = true)]
+    /// The parsed command line: the subcommand, and the settings of the server commands.
+    ///
+    /// The settings (pipeline, store, server) belong to `serve`, `config` and the default command
+    /// (no subcommand) only: `otelring --data-dir X`, `otelring serve --data-dir X` and
+    /// `otelring config --workers 2` take them, `otelring sql` takes only `--data-dir`, and
+    /// `otelring loadgen` none (its `--help` lists its own options). Top-level flags and a
+    /// subcommand do not mix (`otelring --data-dir X serve` is refused rather than silently
+    /// ignoring the flag). Parsing goes through the private `RawCli`; for `sql` and `loadgen`
+    /// the settings hold their defaults and environment values (and `sql`'s `--data-dir`).
+    #[derive(Debug)]
     pub struct Cli {
-        #[command(subcommand)]
         pub command: Option<Command>,
+        pub pipeline: PipelineArgs,
+        pub store: StoreArgs,
+        pub server: ServerArgs,
+    }
+
+    /// What to run.
+    #[derive(Debug)]
+    pub enum Command {
+        /// Serve OTLP/gRPC and OTLP/HTTP into SQLite (the default command).
+        Serve,
+        /// Validate the settings (flags and environment) and print the effective configuration.
+        Config,
+        /// Run one read-only SQL query over every shard.
+        Sql(SqlArgs),
+        /// Drive a running server with pre-encoded OTLP load (built with `--features loadgen`).
+        #[cfg(feature = "loadgen")]
+        Loadgen(crate::loadgen::LoadgenArgs),
+    }
+
+    /// Every setting of the server commands (`serve`, `config`, the default command).
+    #[derive(Debug, Clone, Args)]
+    pub struct Settings {
         #[command(flatten)]
         pub pipeline: PipelineArgs,
         #[command(flatten)]
@@ -637,12 +665,28 @@ mod cli {
         pub server: ServerArgs,
     }
 
+    /// otelring: OpenTelemetry ingest into sharded SQLite.
+    #[derive(Debug, Parser)]
+    #[command(
+        name = "otelring",
+        version,
+        about,
+        propagate_version = true,
+        args_conflicts_with_subcommands = true
+    )]
+    struct RawCli {
+        #[command(subcommand)]
+        command: Option<RawCommand>,
+        #[command(flatten)]
+        settings: Settings,
+    }
+
     #[derive(Debug, Subcommand)]
-    pub enum Command {
+    enum RawCommand {
         /// Serve OTLP/gRPC and OTLP/HTTP into SQLite (the default command).
-        Serve,
+        Serve(Box<Settings>),
         /// Validate the settings (flags and environment) and print the effective configuration.
-        Config,
+        Config(Box<Settings>),
         /// Run one read-only SQL query over every shard (TEMP views `traces`, `spans`, `logs`,
         /// `metric_points` over the ATTACHed shard files; see docs/STORAGE.md).
         Sql(SqlArgs),
@@ -652,6 +696,45 @@ mod cli {
         Loadgen(crate::loadgen::LoadgenArgs),
     }
 
+    impl From<RawCli> for Cli {
+        fn from(raw: RawCli) -> Self {
+            let (command, s) = match raw.command {
+                None => (None, raw.settings),
+                Some(RawCommand::Serve(s)) => (Some(Command::Serve), *s),
+                Some(RawCommand::Config(s)) => (Some(Command::Config), *s),
+                Some(RawCommand::Sql(a)) => {
+                    let mut s = raw.settings;
+                    s.pipeline.data_dir = a.data_dir.clone();
+                    (Some(Command::Sql(a)), s)
+                }
+                #[cfg(feature = "loadgen")]
+                Some(RawCommand::Loadgen(a)) => (Some(Command::Loadgen(a)), raw.settings),
+            };
+            Cli { command, pipeline: s.pipeline, store: s.store, server: s.server }
+        }
+    }
+
+    impl CommandFactory for Cli {
+        fn command() -> clap::Command {
+            RawCli::command()
+        }
+        fn command_for_update() -> clap::Command {
+            RawCli::command_for_update()
+        }
+    }
+
+    impl FromArgMatches for Cli {
+        fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+            RawCli::from_arg_matches(m).map(Cli::from)
+        }
+        fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+            *self = Self::from_arg_matches(m)?;
+            Ok(())
+        }
+    }
+
+    impl Parser for Cli {}
+
     /// `otelring sql` arguments.
     #[derive(Debug, Clone, Args)]
     pub struct SqlArgs {
@@ -660,62 +743,69 @@ mod cli {
         /// Print a JSON array of objects instead of a table.
         #[arg(long)]
         pub json: bool,
+        /// Directory of the shard files.
+        #[arg(long, env = "OTELRING_DATA_DIR", default_value = "./data")]
+        pub data_dir: PathBuf,
     }
 
     /// Network and decoding settings of `otelring serve` (DESIGN 1.5, 1.6).
     #[derive(Debug, Clone, Args)]
     pub struct ServerArgs {
         /// OTLP/gRPC listen address.
-        #[arg(long, env = "OTELRING_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR, global = true)]
+        #[arg(long, env = "OTELRING_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
         pub grpc_addr: std::net::SocketAddr,
         /// OTLP/HTTP listen address (also /metrics, /healthz, /readyz).
-        #[arg(long, env = "OTELRING_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR, global = true)]
+        #[arg(long, env = "OTELRING_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
         pub http_addr: std::net::SocketAddr,
         /// Largest HTTP body or gRPC message, on the wire and inflated (bytes or KiB/MiB/GiB).
-        #[arg(long, env = "OTELRING_MAX_BODY_BYTES", default_value = "64MiB", value_parser = parse_size, global = true)]
+        #[arg(long, env = "OTELRING_MAX_BODY_BYTES", default_value = "64MiB", value_parser = parse_size)]
         pub max_body_bytes: u64,
         /// Bytes of request bodies being read and decoded at once.
-        #[arg(long, env = "OTELRING_MAX_INFLIGHT_BYTES", default_value = "256MiB", value_parser = parse_size, global = true)]
+        #[arg(long, env = "OTELRING_MAX_INFLIGHT_BYTES", default_value = "256MiB", value_parser = parse_size)]
         pub max_inflight_bytes: u64,
         /// Retry delay sent with every throttle (RetryInfo / Retry-After), in seconds.
-        #[arg(long, env = "OTELRING_RETRY_AFTER_SECS", default_value_t = 1, global = true)]
+        #[arg(long, env = "OTELRING_RETRY_AFTER_SECS", default_value_t = 1)]
         pub retry_after_secs: u64,
         /// Open connections over both listeners.
-        #[arg(long, env = "OTELRING_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, global = true)]
+        #[arg(long, env = "OTELRING_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
         pub max_connections: usize,
         /// Time to receive a request's headers.
-        #[arg(long, env = "OTELRING_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+        #[arg(long, env = "OTELRING_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
         pub header_read_timeout: Duration,
         /// Time to receive a request's body.
-        #[arg(long, env = "OTELRING_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+        #[arg(long, env = "OTELRING_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
         pub body_read_timeout: Duration,
         /// Keep-alive ping interval of idle h2 connections.
-        #[arg(long, env = "OTELRING_KEEPALIVE_IDLE", default_value = "90s", value_parser = parse_duration, global = true)]
+        #[arg(long, env = "OTELRING_KEEPALIVE_IDLE", default_value = "90s", value_parser = parse_duration)]
         pub keepalive_idle: Duration,
         /// Concurrent streams per HTTP/2 connection.
-        #[arg(long, env = "OTELRING_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS, global = true)]
+        #[arg(long, env = "OTELRING_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
         pub max_concurrent_streams: u32,
         /// File of bearer API keys, one `<key> <tenant>` per line. Unset: no auth.
-        #[arg(long, env = "OTELRING_API_KEYS_FILE", global = true)]
+        #[arg(long, env = "OTELRING_API_KEYS_FILE")]
         pub api_keys_file: Option<PathBuf>,
         /// Allow binding a non-loopback address without API keys.
-        #[arg(long, env = "OTELRING_ALLOW_UNAUTHENTICATED", global = true)]
+        #[arg(long, env = "OTELRING_ALLOW_UNAUTHENTICATED")]
         pub allow_unauthenticated: bool,
         /// Tenant of requests without x-tenant-id.
-        #[arg(long, env = "DEFAULT_TENANT", default_value = DEFAULT_TENANT, global = true)]
+        #[arg(long, env = "DEFAULT_TENANT", default_value = DEFAULT_TENANT)]
         pub default_tenant: String,
         /// A span at or over this duration makes its trace priority; 0 or less disables it.
-        #[arg(long, env = "SAMPLING_LATENCY_THRESHOLD_MS", default_value_t = DEFAULT_SLOW_THRESHOLD_MS, allow_negative_numbers = true, global = true)]
+        #[arg(long, env = "SAMPLING_LATENCY_THRESHOLD_MS", default_value_t = DEFAULT_SLOW_THRESHOLD_MS, allow_negative_numbers = true)]
         pub slow_threshold_ms: i64,
         /// Log records below this SeverityNumber (1..=24) are filtered.
-        #[arg(long, env = "INGEST_MIN_SEVERITY", global = true)]
+        #[arg(long, env = "INGEST_MIN_SEVERITY")]
         pub min_severity: Option<i32>,
         /// Only these services are kept (comma-separated).
-        #[arg(long, env = "INGEST_ALLOWED_SERVICES", value_delimiter = ',', global = true)]
+        #[arg(long, env = "INGEST_ALLOWED_SERVICES", value_delimiter = ',')]
         pub allowed_services: Option<Vec<String>>,
         /// These services are filtered (comma-separated).
-        #[arg(long, env = "INGEST_EXCLUDED_SERVICES", value_delimiter = ',', global = true)]
+        #[arg(long, env = "INGEST_EXCLUDED_SERVICES", value_delimiter = ',')]
         pub excluded_services: Vec<String>,
+        /// BENCHMARK ONLY: discard every admitted batch instead of writing SQLite (measures the
+        /// receive path: network, decode, admission, lanes). Nothing is stored. Never a default.
+        #[arg(long, env = "OTELRING_BENCH_DISCARD")]
+        pub bench_discard: bool,
     }
 
     impl ServerArgs {
@@ -759,16 +849,16 @@ mod cli {
     #[derive(Debug, Clone, Args)]
     pub struct StoreArgs {
         /// Dead-letter directory (default: the data directory's dlq/ subdirectory).
-        #[arg(long, env = "DLQ_PATH", global = true)]
+        #[arg(long, env = "DLQ_PATH")]
         pub dlq_path: Option<PathBuf>,
         /// Dead-letter files kept over all shards; the oldest are evicted (and counted lost).
-        #[arg(long, env = "DLQ_MAX_FILES", default_value_t = DEFAULT_DLQ_MAX_FILES, global = true)]
+        #[arg(long, env = "DLQ_MAX_FILES", default_value_t = DEFAULT_DLQ_MAX_FILES)]
         pub dlq_max_files: u64,
         /// Dead-letter bytes kept over all shards (bytes or KiB/MiB/GiB).
-        #[arg(long, env = "DLQ_MAX_BYTES", default_value = "512MiB", value_parser = parse_size, global = true)]
+        #[arg(long, env = "DLQ_MAX_BYTES", default_value = "512MiB", value_parser = parse_size)]
         pub dlq_max_bytes: u64,
         /// Age limit of stored rows by ingest time (e.g. 7d, 12h); 0 keeps everything.
-        #[arg(long, env = "OTELRING_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
+        #[arg(long, env = "OTELRING_RETENTION", default_value = "7d", value_parser = parse_duration)]
         pub retention: Duration,
     }
 
@@ -791,40 +881,35 @@ mod cli {
     #[derive(Debug, Clone, Args)]
     pub struct PipelineArgs {
         /// Directory of the shard files.
-        #[arg(long, env = "OTELRING_DATA_DIR", default_value = "./data", global = true)]
+        #[arg(long, env = "OTELRING_DATA_DIR", default_value = "./data")]
         pub data_dir: PathBuf,
         /// Writer threads = SQLite shards (1..=10). Default: the count recorded in the data
         /// directory, else min(cores, 4).
-        #[arg(long = "workers", env = "INGEST_PIPELINE_WORKERS", global = true)]
+        #[arg(long = "workers", env = "INGEST_PIPELINE_WORKERS")]
         pub workers: Option<usize>,
         /// Batches queued per signal (≥ workers).
-        #[arg(long, env = "INGEST_PIPELINE_QUEUE_SIZE", default_value_t = DEFAULT_QUEUE_SIZE, global = true)]
+        #[arg(long, env = "INGEST_PIPELINE_QUEUE_SIZE", default_value_t = DEFAULT_QUEUE_SIZE)]
         pub queue_size: u64,
         /// Estimated bytes queued per signal (bytes or KiB/MiB/GiB).
-        #[arg(long, env = "INGEST_PIPELINE_MAX_BYTES", default_value = "128MiB", value_parser = parse_size, global = true)]
+        #[arg(long, env = "INGEST_PIPELINE_MAX_BYTES", default_value = "128MiB", value_parser = parse_size)]
         pub max_bytes: u64,
         /// Fullness at which healthy data starts being dropped (0 < t ≤ 1).
-        #[arg(long, env = "INGEST_PIPELINE_SOFT_THRESHOLD", default_value_t = DEFAULT_SOFT_THRESHOLD, global = true)]
+        #[arg(long, env = "INGEST_PIPELINE_SOFT_THRESHOLD", default_value_t = DEFAULT_SOFT_THRESHOLD)]
         pub soft_threshold: f64,
         /// Writer pinning: auto (only when cores ≥ writers + 2), off, or a core list like 2,3.
-        #[arg(long, env = "INGEST_PIPELINE_PIN", default_value = "auto", global = true)]
+        #[arg(long, env = "INGEST_PIPELINE_PIN", default_value = "auto")]
         pub pin: PinPolicy,
         /// Rows per coalesced transaction.
-        #[arg(long, env = "INGEST_WRITER_MAX_ROWS", default_value_t = DEFAULT_WRITER_MAX_ROWS, global = true)]
+        #[arg(long, env = "INGEST_WRITER_MAX_ROWS", default_value_t = DEFAULT_WRITER_MAX_ROWS)]
         pub writer_max_rows: usize,
         /// Longest a writer keeps adding batches to one transaction, in milliseconds.
-        #[arg(
-            long = "writer-max-delay-ms",
-            env = "INGEST_WRITER_MAX_DELAY_MS",
-            default_value_t = 50,
-            global = true
-        )]
+        #[arg(long = "writer-max-delay-ms", env = "INGEST_WRITER_MAX_DELAY_MS", default_value_t = 50)]
         pub writer_max_delay_ms: u64,
         /// Drain deadline on stop, before what is left is spilled to the DLQ (e.g. 30s).
-        #[arg(long, env = "OTELRING_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+        #[arg(long, env = "OTELRING_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
         pub shutdown_timeout: Duration,
         /// false = commit mode: answer each request only after its rows are committed.
-        #[arg(long = "async-enabled", env = "INGEST_ASYNC_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, global = true)]
+        #[arg(long = "async-enabled", env = "INGEST_ASYNC_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
         pub async_enabled: bool,
     }
 
@@ -884,6 +969,48 @@ mod tests {
         assert!(!c.commit_mode);
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.ring_slots(), 4096);
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn server_settings_belong_to_the_server_commands_only() {
+        use clap::{CommandFactory, Parser};
+        let dir = |c: &Cli| c.pipeline.data_dir.to_string_lossy().into_owned();
+        // The default command and `serve` / `config` take every setting.
+        let c = Cli::try_parse_from(["otelring", "--data-dir", "/x", "--workers", "2"]).unwrap();
+        assert!(c.command.is_none());
+        assert_eq!((dir(&c), c.pipeline.workers), ("/x".into(), Some(2)));
+        let c = Cli::try_parse_from(["otelring", "serve", "--data-dir", "/y", "--grpc-addr", "127.0.0.1:0"])
+            .unwrap();
+        assert!(matches!(c.command, Some(Command::Serve)));
+        assert_eq!((dir(&c), c.server.grpc_addr.port()), ("/y".into(), 0));
+        let c = Cli::try_parse_from(["otelring", "config", "--max-bytes", "64MiB"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Config)));
+        assert_eq!(c.pipeline.max_bytes, 64 << 20);
+        // `sql` takes only its own flags and --data-dir.
+        let c = Cli::try_parse_from(["otelring", "sql", "--data-dir", "/z", "SELECT 1"]).unwrap();
+        assert!(matches!(&c.command, Some(Command::Sql(a)) if a.query == "SELECT 1"));
+        assert_eq!(dir(&c), "/z");
+        assert!(Cli::try_parse_from(["otelring", "sql", "--workers", "2", "SELECT 1"]).is_err());
+        // A top-level flag before a subcommand is refused, not silently ignored.
+        assert!(Cli::try_parse_from(["otelring", "--data-dir", "/x", "serve"]).is_err());
+        // Subcommand help lists only the subcommand's options.
+        let mut cmd = Cli::command();
+        let sql = cmd.find_subcommand_mut("sql").unwrap().render_long_help().to_string();
+        assert!(
+            sql.contains("--data-dir") && !sql.contains("--workers") && !sql.contains("--grpc-addr"),
+            "{sql}"
+        );
+        #[cfg(feature = "loadgen")]
+        {
+            let lg = cmd.find_subcommand_mut("loadgen").unwrap().render_long_help().to_string();
+            assert!(lg.contains("--target-grpc"), "{lg}");
+            for server_only in
+                ["--workers", "--queue-size", "--max-bytes", "--dlq-", "--retention", "--grpc-addr"]
+            {
+                assert!(!lg.contains(server_only), "loadgen --help lists {server_only}");
+            }
+        }
     }
 
     #[cfg(feature = "server")]

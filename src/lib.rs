@@ -14,6 +14,8 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "server")]
+pub mod bench_baseline;
 pub mod config;
 #[cfg(feature = "loadgen")]
 pub mod loadgen;

@@ -9,12 +9,23 @@
 //! - Two modes: `--rate R` is open loop (request i is due at start + i/R and its latency counts from
 //!   that due time, so coordinated omission cannot hide queueing); `--rate 0` sends as fast as
 //!   the server answers, `--concurrency` calls in flight.
+//! - `--duration S` runs for S seconds instead of sending each request once: the pre-encoded
+//!   requests (`--requests` of them) are sent in turn, again and again, each send with its trace
+//!   and span ids rewritten in place ([`rewrite`]) so that every send is distinct.
 //! - Output: a progress line per second on stderr; at the end a table (or `--json`) with sent,
-//!   accepted, partial-success dropped, throttled, errors, Export latency p50/p90/p99/p999/max
-//!   (hdrhistogram), and, scraped from the server's `/metrics`, persisted items and the end-to-end
-//!   latency.
+//!   accepted, partial-success dropped, throttled, errors per signal, Export latency
+//!   p50/p90/p99/p999/max (hdrhistogram), a per-second timeline (with the server's persisted
+//!   items scraped from `/metrics` every second), and, scraped from the server's `/metrics`,
+//!   persisted items and the end-to-end latency.
+//! - `--priority-ids-out FILE` writes the trace id and span count of every priority trace (an
+//!   ERROR span, or a span of 600 ms: over the server's default 500 ms slow threshold) of every
+//!   acknowledged request, so a benchmark can check by id that none was lost or dropped.
+//! - `--baseline-spans N` sends nothing: it runs the DESIGN 3 storage baseline
+//!   ([`crate::bench_baseline`], the same code as `cargo bench --bench store`) and prints spans/s.
 //!
 //! Built only with the `loadgen` feature, so its dependencies stay out of the server binary.
+
+pub mod rewrite;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -34,8 +45,9 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use prost::Message;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Spans per generated trace (a root and its children).
@@ -119,7 +131,30 @@ pub struct LoadgenArgs {
     /// Print the result as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Run for this many seconds, sending the pre-encoded requests in turn again and again, each
+    /// send with its trace and span ids rewritten so every send is distinct (protobuf bodies,
+    /// without --gzip). `--requests` is then the number of distinct templates.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Write `<trace id hex> <spans>` for every priority trace (an ERROR span or a 600 ms span) of
+    /// every acknowledged request (fully or with partial success) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub priority_ids_out: Option<PathBuf>,
+    /// Wait this long after the load before the final /metrics scrape (0: scrape at once).
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub settle_ms: u64,
+    /// Send nothing: run the DESIGN 3 storage baseline (plain rusqlite, WAL + NORMAL, per-span
+    /// trace upsert, 5,000 spans per transaction) with this many spans into an empty file and
+    /// print spans/s.
+    #[arg(long, value_name = "SPANS")]
+    pub baseline_spans: Option<usize>,
+    /// Where the baseline's temporary directory goes (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub baseline_dir: Option<PathBuf>,
 }
+
+/// A priority trace of a generated request: its id and span count.
+type PriorityTrace = ([u8; 16], u64);
 
 fn kv(key: &str, v: any_value::Value) -> KeyValue {
     KeyValue { key: key.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
@@ -150,8 +185,13 @@ fn now_ns() -> u64 {
 }
 
 /// Request `r` of the run: distinct ids from (seed, r, item).
-fn traces_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportTraceServiceRequest {
+fn traces_request(
+    a: &LoadgenArgs,
+    r: u64,
+    rng: &mut fastrand::Rng,
+) -> (ExportTraceServiceRequest, Vec<PriorityTrace>) {
     let base = now_ns();
+    let mut priority = Vec::new();
     let traces = a.items.div_ceil(SPANS_PER_TRACE);
     let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
     let mut left = a.items;
@@ -164,6 +204,9 @@ fn traces_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportTra
         let service = (t as usize) % SERVICES.len();
         let n = left.min(SPANS_PER_TRACE);
         left -= n;
+        if error || slow {
+            priority.push((trace_id, n));
+        }
         let start = base - 1_000_000_000 + t * 1_000;
         for i in 0..n {
             let span_id = ((r << 32) | (t << 4) | (i + 1)).to_be_bytes().to_vec();
@@ -213,7 +256,7 @@ fn traces_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportTra
             });
         }
     }
-    ExportTraceServiceRequest {
+    let request = ExportTraceServiceRequest {
         resource_spans: by_service
             .into_iter()
             .enumerate()
@@ -224,7 +267,8 @@ fn traces_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportTra
                 ..Default::default()
             })
             .collect(),
-    }
+    };
+    (request, priority)
 }
 
 fn logs_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportLogsServiceRequest {
@@ -360,6 +404,16 @@ struct Prepared {
     signal: crate::pipeline::Signal,
     body: Bytes,
     items: u64,
+    /// Priority traces (traces requests only), as generated (cycle 0).
+    priority: Vec<PriorityTrace>,
+    /// Where the ids sit in `body` (only with `--duration`).
+    ids: Vec<rewrite::IdAt>,
+}
+
+impl Prepared {
+    fn priority_spans(&self) -> u64 {
+        self.priority.iter().map(|(_, n)| n).sum()
+    }
 }
 
 fn gzip(b: &[u8]) -> Vec<u8> {
@@ -378,9 +432,11 @@ fn prepare(a: &LoadgenArgs) -> Result<Vec<Prepared>, String> {
                 Kind::Mixed => [Kind::Traces, Kind::Logs, Kind::Metrics][(r % 3) as usize],
                 k => k,
             };
+            let mut priority = Vec::new();
             let (signal, raw) = match kind {
                 Kind::Traces | Kind::Mixed => {
-                    let m = traces_request(a, r, &mut rng);
+                    let (m, p) = traces_request(a, r, &mut rng);
+                    priority = p;
                     let raw = if json {
                         serde_json::to_vec(&m).map_err(|e| e.to_string())?
                     } else {
@@ -408,14 +464,16 @@ fn prepare(a: &LoadgenArgs) -> Result<Vec<Prepared>, String> {
                 }
             };
             let payload = if a.gzip { gzip(&raw) } else { raw };
-            let body = if a.transport == Wire::Grpc {
+            let (body, base) = if a.transport == Wire::Grpc {
                 let mut framed = Vec::with_capacity(payload.len() + 5);
                 crate::otlp::grpc_frame::encode_frame(a.gzip, &payload, &mut framed);
-                framed
+                (framed, 5)
             } else {
-                payload
+                (payload, 0)
             };
-            Ok(Prepared { signal, body: Bytes::from(body), items: a.items })
+            // Ids are only rewritten with --duration (checked: protobuf, no gzip).
+            let ids = if a.duration.is_some() { rewrite::locate(signal, &body, base)? } else { Vec::new() };
+            Ok(Prepared { signal, body: Bytes::from(body), items: a.items, priority, ids })
         })
         .collect()
 }
@@ -427,45 +485,91 @@ enum Reply {
     Error(String),
 }
 
+/// Item counters of one signal.
+#[derive(Default)]
+struct SignalTally {
+    /// Items of every request sent.
+    sent_items: AtomicU64,
+    /// Items of acknowledged requests (fully or with partial success).
+    acked_items: AtomicU64,
+    /// Items reported rejected by partial success.
+    dropped_items: AtomicU64,
+    /// Items of throttled requests.
+    throttled_items: AtomicU64,
+    /// Items of requests that failed otherwise.
+    error_items: AtomicU64,
+}
+
 /// Counters and latency of the whole run.
 #[derive(Default)]
 struct Tally {
     sent: AtomicU64,
     accepted_calls: AtomicU64,
+    /// Acknowledged items minus the partial-success drops.
     accepted_items: AtomicU64,
     dropped_items: AtomicU64,
     throttled: AtomicU64,
     errors: AtomicU64,
+    /// Per signal, by `Signal::index`.
+    by_signal: [SignalTally; 3],
+    /// Priority traces and their spans in acknowledged requests.
+    priority_traces_acked: AtomicU64,
+    priority_spans_acked: AtomicU64,
+    /// Acknowledged requests whose partial-success count exceeds their non-priority items, i.e.
+    /// that must have counted priority items as dropped (DESIGN: never).
+    priority_violations: AtomicU64,
     /// Export latency in µs (1 µs to 10 min, 3 significant digits).
-    latency_us: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
-    first_error: std::sync::Mutex<Option<String>>,
+    latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    first_error: Mutex<Option<String>>,
+    /// `--priority-ids-out`.
+    priority_out: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
 }
 
 impl Tally {
-    fn new() -> Self {
+    fn new(priority_out: Option<std::fs::File>) -> Self {
         Self {
-            latency_us: std::sync::Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).ok(),
-            ),
+            latency_us: Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).ok()),
+            priority_out: Mutex::new(priority_out.map(std::io::BufWriter::new)),
             ..Self::default()
         }
     }
-}
 
-impl Tally {
-    fn record(&self, items: u64, reply: Reply, latency: Duration) {
+    /// Records the reply to request `p` sent in cycle `cycle`.
+    fn record(&self, p: &Prepared, cycle: u64, reply: Reply, latency: Duration) {
+        let sig = &self.by_signal[p.signal.index()];
         self.sent.fetch_add(1, Ordering::Relaxed);
+        sig.sent_items.fetch_add(p.items, Ordering::Relaxed);
         match reply {
             Reply::Accepted { dropped } => {
                 self.accepted_calls.fetch_add(1, Ordering::Relaxed);
-                self.accepted_items.fetch_add(items.saturating_sub(dropped), Ordering::Relaxed);
+                self.accepted_items.fetch_add(p.items.saturating_sub(dropped), Ordering::Relaxed);
                 self.dropped_items.fetch_add(dropped, Ordering::Relaxed);
+                sig.acked_items.fetch_add(p.items, Ordering::Relaxed);
+                sig.dropped_items.fetch_add(dropped, Ordering::Relaxed);
+                let priority_spans = p.priority_spans();
+                if dropped > p.items.saturating_sub(priority_spans) {
+                    self.priority_violations.fetch_add(1, Ordering::Relaxed);
+                }
+                self.priority_traces_acked.fetch_add(p.priority.len() as u64, Ordering::Relaxed);
+                self.priority_spans_acked.fetch_add(priority_spans, Ordering::Relaxed);
+                if !p.priority.is_empty() {
+                    let mut out = self.priority_out.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(out) = out.as_mut() {
+                        for (id, spans) in &p.priority {
+                            let id = rewrite::trace_id(id, cycle);
+                            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                            let _ = writeln!(out, "{hex} {spans}");
+                        }
+                    }
+                }
             }
             Reply::Throttled => {
                 self.throttled.fetch_add(1, Ordering::Relaxed);
+                sig.throttled_items.fetch_add(p.items, Ordering::Relaxed);
             }
             Reply::Error(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
+                sig.error_items.fetch_add(p.items, Ordering::Relaxed);
                 self.first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
             }
         }
@@ -519,12 +623,12 @@ fn dropped_of(body: &[u8]) -> u64 {
         .map_or(0, |p| p.rejected_spans.max(0) as u64)
 }
 
-async fn call(conn: &mut Conn, a: &LoadgenArgs, p: &Prepared) -> Reply {
+async fn call(conn: &mut Conn, a: &LoadgenArgs, signal: crate::pipeline::Signal, body: Bytes) -> Reply {
     match conn {
         Conn::Grpc(h2c) => {
             let mut b = http::Request::builder()
                 .method("POST")
-                .uri(format!("http://{}{}", a.target_grpc, crate::server::grpc::path_of(p.signal)))
+                .uri(format!("http://{}{}", a.target_grpc, crate::server::grpc::path_of(signal)))
                 .header("content-type", "application/grpc")
                 .header("te", "trailers");
             if a.gzip {
@@ -543,7 +647,7 @@ async fn call(conn: &mut Conn, a: &LoadgenArgs, p: &Prepared) -> Reply {
                 Ok(x) => x,
                 Err(e) => return Reply::Error(e.to_string()),
             };
-            let _ = send.send_data(p.body.clone(), true);
+            let _ = send.send_data(body, true);
             let resp = match resp.await {
                 Ok(r) => r,
                 Err(e) => return Reply::Error(e.to_string()),
@@ -569,7 +673,7 @@ async fn call(conn: &mut Conn, a: &LoadgenArgs, p: &Prepared) -> Reply {
             }
         }
         Conn::Http(send) => {
-            let path = match p.signal {
+            let path = match signal {
                 crate::pipeline::Signal::Traces => "/v1/traces",
                 crate::pipeline::Signal::Logs => "/v1/logs",
                 crate::pipeline::Signal::Metrics => "/v1/metrics",
@@ -586,7 +690,7 @@ async fn call(conn: &mut Conn, a: &LoadgenArgs, p: &Prepared) -> Reply {
             if let Some(t) = &a.tenant {
                 b = b.header("x-tenant-id", t.as_str());
             }
-            let Ok(req) = b.body(Full::new(p.body.clone())) else {
+            let Ok(req) = b.body(Full::new(body)) else {
                 return Reply::Error("bad request".into());
             };
             if send.ready().await.is_err() {
@@ -640,11 +744,73 @@ fn metric_value(text: &str, name: &str, signal: &str) -> Option<f64> {
         .reduce(|a, b| a + b)
 }
 
+/// The server's persisted items (`otelring_ingest_persisted_items_total`) of `signals`.
+fn persisted_of(text: &str, signals: &[&str]) -> f64 {
+    signals.iter().filter_map(|s| metric_value(text, "otelring_ingest_persisted_items_total", s)).sum()
+}
+
+fn signal_names(k: Kind) -> &'static [&'static str] {
+    match k {
+        Kind::Traces => &["traces"],
+        Kind::Logs => &["logs"],
+        Kind::Metrics => &["metrics"],
+        Kind::Mixed => &["traces", "logs", "metrics"],
+    }
+}
+
+/// `--baseline-spans`: the DESIGN 3 storage baseline in a fresh directory, removed afterwards.
+fn run_baseline(a: &LoadgenArgs, spans: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let parent = a.baseline_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = parent.join(format!("otelring-baseline-{}-{}", std::process::id(), now_ns()));
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("loadgen: DESIGN 3 baseline, {spans} spans into {}", dir.display());
+    let wall = Instant::now();
+    let rate = crate::bench_baseline::baseline(spans, &dir);
+    let wall = wall.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    let rate = rate?;
+    if a.json {
+        let v = serde_json::json!({
+            "baseline_spans": spans,
+            "spans_per_s": rate,
+            "timed_s": spans as f64 / rate,
+            "wall_s": wall,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "baseline         {spans} spans, {rate:.0} spans/s (DESIGN 3: plain rusqlite, WAL + \
+             NORMAL, per-span trace upsert, 5,000 spans/tx)"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the load and prints the result. Returns an error when nothing could be sent.
 pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(spans) = a.baseline_spans {
+        return run_baseline(&a, spans);
+    }
     if a.items == 0 || a.items > MAX_ITEMS {
         return Err(format!("--items must be 1..={MAX_ITEMS}").into());
     }
+    if let Some(d) = a.duration {
+        if !(d > 0.0 && d.is_finite()) {
+            return Err("--duration must be a positive number of seconds".into());
+        }
+        if a.gzip || (a.transport == Wire::Http && a.encoding == Enc::Json) {
+            return Err(
+                "--duration rewrites ids in protobuf bodies: not with --gzip or --encoding json".into()
+            );
+        }
+        if a.requests == 0 {
+            return Err("--duration needs at least one request to cycle over".into());
+        }
+    }
+    let priority_out = match &a.priority_ids_out {
+        Some(p) => Some(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
     let prep_start = Instant::now();
     let prepared = Arc::new(prepare(&a)?);
     let bytes: u64 = prepared.iter().map(|p| p.body.len() as u64).sum();
@@ -657,34 +823,61 @@ pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let a = Arc::new(a);
-    let tally = Arc::new(Tally::new());
+    let tally = Arc::new(Tally::new(priority_out));
     let next = Arc::new(AtomicU64::new(0));
-    let (elapsed, scraped_before) = rt.block_on(async {
+    let timeline = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let signals = signal_names(a.signal);
+    let (elapsed, start_unix_ns, scraped_before) = rt.block_on(async {
         let before = scrape(a.target_http).await;
+        let before_persisted = before.as_deref().map_or(0.0, |t| persisted_of(t, signals));
         let mut grpc_conns = Vec::new();
         if a.transport == Wire::Grpc {
             for _ in 0..a.connections.max(1) {
                 grpc_conns.push(connect_grpc(a.target_grpc).await?);
             }
         }
+        let mut http_conns = Vec::new();
+        if a.transport == Wire::Http {
+            for _ in 0..a.concurrency.max(1) {
+                http_conns.push(connect_http(a.target_http).await?);
+            }
+        }
         let start = Instant::now();
+        let start_unix_ns = now_ns();
+        eprintln!("loadgen: load started at unix_ns {start_unix_ns}");
+        let end = a.duration.map(|d| start + Duration::from_secs_f64(d));
         let progress = {
-            let tally = tally.clone();
+            let (tally, timeline, target) = (tally.clone(), timeline.clone(), a.target_http);
             tokio::spawn(async move {
                 let mut t = tokio::time::interval(Duration::from_secs(1));
                 t.tick().await;
                 loop {
                     t.tick().await;
                     let s = start.elapsed().as_secs_f64();
+                    // The server's persisted items this second (a scrape costs it a few µs).
+                    let persisted =
+                        scrape(target).await.map(|x| persisted_of(&x, signals) - before_persisted);
+                    let accepted = tally.accepted_items.load(Ordering::Relaxed);
+                    timeline.lock().unwrap_or_else(|e| e.into_inner()).push(serde_json::json!({
+                        "t": s,
+                        "sent": tally.sent.load(Ordering::Relaxed),
+                        "accepted_items": accepted,
+                        "dropped_items": tally.dropped_items.load(Ordering::Relaxed),
+                        "throttled": tally.throttled.load(Ordering::Relaxed),
+                        "errors": tally.errors.load(Ordering::Relaxed),
+                        "server_persisted_items": persisted,
+                    }));
                     eprintln!(
-                        "loadgen: {:>5.1} s  sent {}  accepted items {} ({:.0}/s)  dropped {}  throttled {}  errors {}",
+                        "loadgen: {:>5.1} s  sent {}  accepted items {} ({:.0}/s)  dropped {}  \
+                         throttled {}  errors {}  persisted {}",
                         s,
                         tally.sent.load(Ordering::Relaxed),
-                        tally.accepted_items.load(Ordering::Relaxed),
-                        tally.accepted_items.load(Ordering::Relaxed) as f64 / s,
+                        accepted,
+                        accepted as f64 / s,
                         tally.dropped_items.load(Ordering::Relaxed),
                         tally.throttled.load(Ordering::Relaxed),
-                        tally.errors.load(Ordering::Relaxed)
+                        tally.errors.load(Ordering::Relaxed),
+                        persisted.map_or("?".into(), |p| format!("{p:.0}"))
                     );
                 }
             })
@@ -693,23 +886,42 @@ pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
         for w in 0..a.concurrency.max(1) {
             let mut conn = match a.transport {
                 Wire::Grpc => Conn::Grpc(grpc_conns[w % grpc_conns.len()].clone()),
-                Wire::Http => Conn::Http(connect_http(a.target_http).await?),
+                Wire::Http => Conn::Http(http_conns.pop().ok_or("no HTTP connection")?),
             };
             let (a, tally, next, prepared) = (a.clone(), tally.clone(), next.clone(), prepared.clone());
             tasks.push(tokio::spawn(async move {
+                let n = prepared.len() as u64;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(p) = prepared.get(i as usize) else { break };
+                    // Each request once, or (--duration) the templates in turn until the end.
+                    let (p, cycle) = match end {
+                        None => match prepared.get(i as usize) {
+                            Some(p) => (p, 0),
+                            None => break,
+                        },
+                        Some(_) => (&prepared[(i % n) as usize], i / n),
+                    };
                     // Open loop: request i is due at start + i / rate; latency counts from then.
+                    let due =
+                        if a.rate > 0.0 { start + Duration::from_secs_f64(i as f64 / a.rate) } else { start };
+                    if let Some(end) = end {
+                        if due >= end || Instant::now() >= end {
+                            break;
+                        }
+                    }
                     let due = if a.rate > 0.0 {
-                        let d = start + Duration::from_secs_f64(i as f64 / a.rate);
-                        tokio::time::sleep_until(d.into()).await;
-                        d
+                        tokio::time::sleep_until(due.into()).await;
+                        due
                     } else {
                         Instant::now()
                     };
-                    let reply = call(&mut conn, &a, p).await;
-                    tally.record(p.items, reply, due.elapsed());
+                    let body = if cycle == 0 {
+                        p.body.clone()
+                    } else {
+                        Bytes::from(rewrite::patch(&p.body, &p.ids, cycle))
+                    };
+                    let reply = call(&mut conn, &a, p.signal, body).await;
+                    tally.record(p, cycle, reply, due.elapsed());
                 }
             }));
         }
@@ -717,36 +929,37 @@ pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
             let _ = t.await;
         }
         progress.abort();
-        Ok::<_, String>((start.elapsed(), before))
+        Ok::<_, String>((start.elapsed(), start_unix_ns, before))
     })?;
     let after = rt.block_on(async {
-        // Give the writers a moment to commit what was just accepted.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Give the writers a moment to commit what was just accepted (--settle-ms).
+        tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
         scrape(a.target_http).await
     });
-    report(&a, &tally, elapsed, scraped_before.as_deref(), after.as_deref());
+    if let Some(out) = tally.priority_out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        out.flush()?;
+    }
+    let timeline = std::mem::take(&mut *timeline.lock().unwrap_or_else(|e| e.into_inner()));
+    let run = Run { elapsed, start_unix_ns, timeline, templates: prepared.len() as u64 };
+    report(&a, &tally, &run, scraped_before.as_deref(), after.as_deref());
     Ok(())
 }
 
-fn report(a: &LoadgenArgs, t: &Tally, elapsed: Duration, before: Option<&str>, after: Option<&str>) {
-    let secs = elapsed.as_secs_f64().max(1e-9);
+/// What a run produced besides the tally.
+struct Run {
+    elapsed: Duration,
+    start_unix_ns: u64,
+    timeline: Vec<serde_json::Value>,
+    templates: u64,
+}
+
+fn report(a: &LoadgenArgs, t: &Tally, run: &Run, before: Option<&str>, after: Option<&str>) {
+    let secs = run.elapsed.as_secs_f64().max(1e-9);
     let h = t.latency_us.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let q = |x: f64| h.as_ref().map_or(0.0, |h| h.value_at_quantile(x) as f64 / 1_000.0);
     let max = h.as_ref().map_or(0.0, |h| h.max() as f64 / 1_000.0);
-    let signals: &[&str] = match a.signal {
-        Kind::Traces => &["traces"],
-        Kind::Logs => &["logs"],
-        Kind::Metrics => &["metrics"],
-        Kind::Mixed => &["traces", "logs", "metrics"],
-    };
-    let persisted = |text: Option<&str>| {
-        text.map(|x| {
-            signals
-                .iter()
-                .filter_map(|s| metric_value(x, "otelring_ingest_persisted_items_total", s))
-                .sum::<f64>()
-        })
-    };
+    let signals = signal_names(a.signal);
+    let persisted = |text: Option<&str>| text.map(|x| persisted_of(x, signals));
     let persisted_delta = match (persisted(before), persisted(after)) {
         (Some(b), Some(a)) => Some(a - b),
         _ => None,
@@ -769,9 +982,38 @@ fn report(a: &LoadgenArgs, t: &Tally, elapsed: Duration, before: Option<&str>, a
         "dropped_items": t.dropped_items.load(Ordering::Relaxed),
         "throttled": t.throttled.load(Ordering::Relaxed),
         "errors": t.errors.load(Ordering::Relaxed),
+        "start_unix_ns": run.start_unix_ns,
+        "duration_s": a.duration,
+        "templates": run.templates,
+        "by_signal": crate::pipeline::Signal::ALL.iter().map(|s| {
+            let c = &t.by_signal[s.index()];
+            let acked = c.acked_items.load(Ordering::Relaxed);
+            let dropped = c.dropped_items.load(Ordering::Relaxed);
+            (s.as_str().to_owned(), serde_json::json!({
+                "sent_items": c.sent_items.load(Ordering::Relaxed),
+                "acked_items": acked,
+                "dropped_items": dropped,
+                "accepted_items": acked.saturating_sub(dropped),
+                "throttled_items": c.throttled_items.load(Ordering::Relaxed),
+                "error_items": c.error_items.load(Ordering::Relaxed),
+            }))
+        }).collect::<serde_json::Map<_, _>>(),
+        "priority_traces_acked": t.priority_traces_acked.load(Ordering::Relaxed),
+        "priority_spans_acked": t.priority_spans_acked.load(Ordering::Relaxed),
+        "priority_violations": t.priority_violations.load(Ordering::Relaxed),
+        "timeline": run.timeline,
         "first_error": t.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "latency_ms": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": max },
         "server_persisted_items_delta": persisted_delta,
+        // Logs the server made from span events and ERROR spans (stored in `logs`, outside the
+        // books): counted at admission, so final once every call is answered.
+        "server_synthesized_logs_delta": match (before, after) {
+            (Some(b), Some(x)) => {
+                let of = |t: &str| metric_value(t, "otelring_ingest_synthesized_items_total", "logs");
+                Some(of(x).unwrap_or(0.0) - of(b).unwrap_or(0.0))
+            }
+            _ => None,
+        },
         "server_e2e_latency_buckets": after.map(|x| x.lines().filter(|l| l.starts_with("otelring_ingest_e2e_latency_seconds_count")).map(str::to_owned).collect::<Vec<_>>()),
     });
     if a.json {
@@ -804,8 +1046,16 @@ fn report(a: &LoadgenArgs, t: &Tally, elapsed: Duration, before: Option<&str>, a
         q(0.999),
         max
     );
+    let priority = t.priority_traces_acked.load(Ordering::Relaxed);
+    if priority > 0 {
+        println!(
+            "priority acked   {priority} traces, {} spans (requests that dropped priority: {})",
+            t.priority_spans_acked.load(Ordering::Relaxed),
+            t.priority_violations.load(Ordering::Relaxed)
+        );
+    }
     match persisted_delta {
-        Some(d) => println!("server persisted {d:.0} items during the run (+500 ms)"),
+        Some(d) => println!("server persisted {d:.0} items during the run (+{} ms)", a.settle_ms),
         None => println!("server persisted (could not scrape /metrics at {})", a.target_http),
     }
 }

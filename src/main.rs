@@ -2,11 +2,16 @@
 
 use clap::Parser;
 use otelring::config::{Cli, Command};
+use otelring::pipeline::discard::DiscardWriter;
 use otelring::pipeline::{Pipeline, Signal, Stats};
 use otelring::server;
 use otelring::store::{self, Store};
 use std::process::ExitCode;
 use std::sync::Arc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     match try_main() {
@@ -59,16 +64,25 @@ fn try_main() -> Result<ExitCode, Box<dyn std::error::Error>> {
 /// SIGTERM/SIGINT, drains, and exits 0 when nothing accepted was lost.
 fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let data_dir = &cli.pipeline.data_dir;
-    std::fs::create_dir_all(data_dir)?;
-    let recorded = store::recorded_shards(data_dir)?;
+    let discard = cli.server.bench_discard;
+    let recorded = if discard {
+        None
+    } else {
+        std::fs::create_dir_all(data_dir)?;
+        store::recorded_shards(data_dir)?
+    };
     let pcfg = cli.pipeline.pipeline_config(recorded)?;
-    let scfg = cli.store.store_config(data_dir)?;
     let server_cfg = cli.server.server_config(&pcfg)?;
     let decode_cfg = cli.server.decode_config(&pcfg)?;
     let stats = Arc::new(Stats::new());
-    let store = Store::open(&scfg, pcfg.shards, stats.clone())?;
-    let gauges = store.gauges();
     let shards = pcfg.shards;
+    // The benchmark-only discard sink opens no store: writers drop what they pop.
+    let store = if discard {
+        None
+    } else {
+        Some(Store::open(&cli.store.store_config(data_dir)?, shards, stats.clone())?)
+    };
+    let gauges = store.as_ref().map(Store::gauges).unwrap_or_default();
     let pipeline = Arc::new(Pipeline::new(pcfg, stats)?);
     // Everything that can refuse to start (API keys, ports) is checked before the writers start
     // (they begin with the DLQ replay).
@@ -77,12 +91,27 @@ fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(async {
         let listeners = server::Listeners::bind(&server_cfg).await?;
-        pipeline.start(store.into_writers())?;
+        let writers: Vec<Box<dyn otelring::pipeline::BatchWriter>> = match store {
+            Some(store) => store.into_writers(),
+            None => (0..shards).map(|_| Box::new(DiscardWriter) as _).collect(),
+        };
+        pipeline.start(writers)?;
         let (grpc, http) = listeners.addrs()?;
-        println!(
-            "otelring listening: OTLP/gRPC on {grpc}, OTLP/HTTP on {http}; {shards} shard(s) in {}",
-            data_dir.display()
-        );
+        if discard {
+            eprintln!(
+                "otelring: WARNING: --bench-discard: every admitted item is DISCARDED, nothing is \
+                 stored (benchmark of the receive path only)"
+            );
+            println!(
+                "otelring listening: OTLP/gRPC on {grpc}, OTLP/HTTP on {http}; {shards} writer(s) \
+                 discarding (benchmark mode, nothing stored)"
+            );
+        } else {
+            println!(
+                "otelring listening: OTLP/gRPC on {grpc}, OTLP/HTTP on {http}; {shards} shard(s) in {}",
+                data_dir.display()
+            );
+        }
         let (tx, rx) = tokio::sync::watch::channel(0u32);
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -968,3 +968,56 @@ async fn a_slowloris_client_is_cut_off_at_the_header_read_timeout() {
     assert!(closed.is_ok(), "a client that never finishes its headers kept its connection");
     s.stop().await;
 }
+
+#[test]
+fn bench_discard_stores_nothing_warns_and_counts_every_item_as_persisted() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(crate::util::server_bin())
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--workers", "2"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("OTELRING_BENCH_DISCARD", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("discarding (benchmark mode, nothing stored)"), "{line}");
+    let http: SocketAddr =
+        line.split("OTLP/HTTP on ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        for n in 0..10 {
+            let resp = client
+                .post(format!("http://{http}/v1/traces"))
+                .header("content-type", "application/json")
+                .body(load_trace(n, 20))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.bytes().await.unwrap().as_ref(), b"{}");
+        }
+    });
+    assert!(
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+    assert!(stderr.contains("WARNING: --bench-discard"), "{stderr}");
+    let traces = stderr.lines().find(|l| l.contains("otelring: books traces")).unwrap();
+    assert!(traces.contains("received=200 ") && traces.contains("persisted=200 "), "{traces}");
+    assert!(traces.ends_with(" balanced"), "{traces}");
+    assert!(!data.exists(), "the discard sink must not create the data directory");
+}

@@ -21,6 +21,7 @@ pub mod admission;
 pub mod batch;
 pub mod completion;
 pub mod core;
+pub mod discard;
 pub mod lane;
 pub mod route;
 pub mod stats;
