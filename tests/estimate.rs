@@ -150,3 +150,38 @@ fn estimate_is_never_below_the_real_heap_use() {
         }
     }
 }
+
+#[path = "decode/fixtures.rs"]
+mod fixtures;
+
+/// DESIGN 3 "no allocation per attribute": decoding a realistic request (10 attributes per span,
+/// events every 4th span, exceptions every 50th) allocates a bounded number of times per span,
+/// whatever the attribute count: the span's name, its attribute JSON (one buffer for all
+/// attributes), its status message when it has one, amortised Vec growth, and the logs that
+/// events become. Measured 2026-11-24: 1,655 allocations + 104 reallocations for the 500 spans
+/// (3.52 per span).
+#[test]
+fn decoding_allocates_a_bounded_number_of_times_per_span_not_per_attribute() {
+    use otelring::config::DecodeConfig;
+    use otelring::otlp::{self, Encoding};
+    use otelring::pipeline::Signal;
+    use prost::Message;
+    let body = fixtures::traces(5, 100).encode_to_vec();
+    let cfg = DecodeConfig::default();
+    let tenant: Arc<str> = Arc::from("default");
+    // Warm-up (lazy statics, first-use buffers), then count.
+    drop(otlp::decode(Signal::Traces, Encoding::Protobuf, &body, &cfg, tenant.clone(), Received::now()));
+    let region = Region::new(GLOBAL);
+    let decoded = otlp::decode(Signal::Traces, Encoding::Protobuf, &body, &cfg, tenant, Received::now())
+        .expect("decodes");
+    let change = region.change();
+    let allocations = change.allocations + change.reallocations;
+    drop(decoded);
+    let per_span = allocations as f64 / 500.0;
+    // 10 attributes per span: an allocation per attribute alone would be ≥ 10 per span.
+    assert!(per_span <= 4.0, "{allocations} allocations for 500 spans = {per_span:.2} per span");
+    eprintln!(
+        "decode: {} allocations + {} reallocations for 500 spans = {per_span:.2} per span",
+        change.allocations, change.reallocations
+    );
+}
