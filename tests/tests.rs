@@ -3,6 +3,7 @@
 
 mod decode;
 mod e2e;
+mod faults;
 mod pipeline;
 mod reliability;
 mod store;

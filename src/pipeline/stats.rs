@@ -225,8 +225,40 @@ pub struct Stats {
     /// Groups that committed / failed.
     pub groups_committed: AtomicU64,
     pub groups_failed: AtomicU64,
-    /// True while the last group a writer tried failed (for `/readyz`).
-    pub db_failing: std::sync::atomic::AtomicBool,
+    /// Shards whose database is failing: set when a group (or a DLQ replay, or a probe) fails
+    /// for the database's state, cleared when one commits. Per shard, so one healthy shard's
+    /// commits cannot hide another's failure (for `/readyz`).
+    pub db_failing: ShardFlags,
+    /// Shards whose DLQ disk is failing: set when a spill or a DLQ file operation fails, cleared
+    /// when one succeeds (for `/readyz`).
+    pub dlq_failing: ShardFlags,
+}
+
+/// One flag per shard (bit i: shard i), for readiness. `Relaxed`: each flag is a status that
+/// orders nothing.
+#[derive(Debug, Default)]
+pub struct ShardFlags(AtomicU64);
+
+impl ShardFlags {
+    /// The bit of `shard` (shards are at most `MAX_SHARDS` = 10, far under 64).
+    fn bit(shard: usize) -> u64 {
+        1u64 << (shard % 64)
+    }
+    /// Sets (`on`) or clears shard `shard`'s flag.
+    pub fn set(&self, shard: usize, on: bool) {
+        if on {
+            self.0.fetch_or(Self::bit(shard), Ordering::Relaxed);
+        } else {
+            self.0.fetch_and(!Self::bit(shard), Ordering::Relaxed);
+        }
+    }
+    pub fn get(&self, shard: usize) -> bool {
+        self.0.load(Ordering::Relaxed) & Self::bit(shard) != 0
+    }
+    /// True when any shard's flag is set.
+    pub fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != 0
+    }
 }
 
 impl Stats {

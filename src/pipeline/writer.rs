@@ -11,7 +11,10 @@
 //!   the group and retries database and spill with backoff, popping nothing more, so admission
 //!   throttles instead of anything acknowledged being dropped. Only when the process must exit
 //!   (spill mode after the drain deadline) and the spill still fails are the items counted lost
-//!   (`reason="crash"`).
+//!   (`reason="crash"`);
+//! - after a failed group (async mode) the writer pauses with backoff before trying the database
+//!   again, so a failing database gets one group per pause (one DLQ file, not one per request);
+//!   the pause ends early at stop or when the queue reaches half the soft threshold.
 
 use super::batch::{Batch, LogRow, MetricPointRow, Rows, Signal, SpanRow, TraceRow};
 use super::completion::CommitError;
@@ -27,6 +30,9 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest pause between retries of a failing database and DLQ (well under clients' 10 s export
 /// timeout, so a recovered disk is used quickly).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A pause after a failed group ends once any signal's queue is this share of the soft
+/// threshold full, so the pause itself never pushes clients into the shedding zone.
+pub const PAUSE_FULLNESS_SHARE: f64 = 0.5;
 
 /// Why a group could not be written or spilled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -186,7 +192,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// batch has been popped and written or spilled. [`super::Pipeline::start`] runs it on a named,
 /// optionally pinned thread; the loom models run it on a model thread.
 pub fn run_writer(shard: usize, core: Arc<Core>, sink: Box<dyn BatchWriter>) {
-    Writer { shard, core, sink, maintenance_due: None }.run();
+    Writer { shard, core, sink, maintenance_due: None, fail_backoff: MIN_BACKOFF }.run();
 }
 
 /// One writer thread's state.
@@ -194,16 +200,20 @@ struct Writer {
     shard: usize,
     core: Arc<Core>,
     sink: Box<dyn BatchWriter>,
-    /// When `maintain` wants to run next (`None`: only after a spill).
+    /// When `maintain` wants to run next (`None`: only after the next group or spill).
     maintenance_due: Option<Instant>,
+    /// Pause after the next failed group; doubles to [`MAX_BACKOFF`], reset by a commit.
+    fail_backoff: Duration,
 }
 
 impl Writer {
     /// The thread body: runs until stop has begun and every reserved batch has been popped and
     /// written or spilled.
     fn run(mut self) {
-        // Maintenance (DLQ replay, retention, checkpoints) runs at start, then whenever the sink's
-        // requested delay has passed: between groups under load, on a timed wake-up when idle.
+        // Maintenance (DLQ replay, retention, checkpoints, probes) runs at start, after every
+        // group (a write changes what is due: it can take the WAL over its limit, or leave the
+        // database failing with nothing queued to retry it), and whenever the sink's requested
+        // delay has passed: between groups under load, on a timed wake-up when idle.
         self.maintenance_due = Some(Instant::now());
         loop {
             if !self.core.is_stopping() && self.maintenance_due.is_some_and(|d| Instant::now() >= d) {
@@ -283,14 +293,47 @@ impl Writer {
         match self.write(&group) {
             Ok(()) => {
                 self.core.stats().record_commit(start.elapsed(), group.rows());
-                self.core.stats().db_failing.store(false, Ordering::Relaxed);
+                self.core.stats().db_failing.set(self.shard, false);
+                self.fail_backoff = MIN_BACKOFF;
                 self.committed(group.into_batches());
             }
             Err(e) => {
                 self.core.stats().groups_failed.fetch_add(1, Ordering::Relaxed);
-                self.core.stats().db_failing.store(true, Ordering::Relaxed);
+                self.core.stats().db_failing.set(self.shard, true);
                 self.failed(group, e);
+                self.pause_after_failure();
             }
+        }
+        self.maintenance_due = Some(Instant::now());
+    }
+
+    /// Async mode, after a failed group: waits `fail_backoff` before the next group (batches
+    /// gather in the lanes meanwhile and go as one group), so a failing database is retried with
+    /// backoff and the DLQ gets one file per pause, not one per request (its file cap would
+    /// otherwise be used up in seconds and acknowledged items evicted). Ends early at stop, at the
+    /// drain deadline, or once a queue is [`PAUSE_FULLNESS_SHARE`] of the soft threshold full.
+    /// Commit mode never pauses (nothing is spilled; its clients are answered at once).
+    fn pause_after_failure(&mut self) {
+        let cfg = self.core.config();
+        if cfg.commit_mode {
+            return;
+        }
+        let until = Instant::now() + self.fail_backoff;
+        self.fail_backoff = (self.fail_backoff * 2).min(MAX_BACKOFF);
+        let limit = cfg.soft_threshold * PAUSE_FULLNESS_SHARE;
+        let core = &self.core;
+        let over = || {
+            core.is_stopping()
+                || core.spill_now()
+                || Signal::ALL.iter().any(|&s| core.admission(s).fullness() >= limit)
+        };
+        let lanes = core.lanes(self.shard);
+        while !over() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            lanes.wake.wait(over, Some(left));
         }
     }
 
@@ -389,6 +432,8 @@ impl Writer {
             if !self.core.spill_now() {
                 match self.write(&group) {
                     Ok(()) => {
+                        self.core.stats().db_failing.set(self.shard, false);
+                        self.fail_backoff = MIN_BACKOFF;
                         self.committed(group.into_batches());
                         return;
                     }

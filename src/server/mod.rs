@@ -113,8 +113,10 @@ pub fn tenant_of(
     }
 }
 
-/// Readiness with hysteresis: not ready after [`NOT_READY_AFTER`] above the soft threshold or
-/// while the database fails; ready again below [`READY_BELOW`].
+/// Readiness with hysteresis: not ready after [`NOT_READY_AFTER`] above the soft threshold
+/// (ready again below [`READY_BELOW`]), and while any shard's database or DLQ disk is failing
+/// (the writers set and clear those flags per shard, and probe a failed store when no traffic or
+/// replay would, so readiness returns once the fault clears).
 #[derive(Debug, Default)]
 pub struct Readiness {
     not_ready: AtomicBool,
@@ -143,7 +145,8 @@ impl Readiness {
     }
 
     pub fn ready(&self, pipeline: &Pipeline) -> bool {
-        !self.not_ready.load(Ordering::Relaxed) && !pipeline.stats().db_failing.load(Ordering::Relaxed)
+        let stats = pipeline.stats();
+        !self.not_ready.load(Ordering::Relaxed) && !stats.db_failing.any() && !stats.dlq_failing.any()
     }
 }
 
@@ -267,6 +270,9 @@ impl crate::metrics::LiveGauges for Live {
     }
     fn dlq_evicted_files(&self) -> u64 {
         self.shards.iter().map(|g| g.dlq_evicted_files.load(Ordering::Relaxed)).sum()
+    }
+    fn dlq_replayed_items(&self) -> u64 {
+        self.shards.iter().map(|g| g.dlq_replayed_items.load(Ordering::Relaxed)).sum()
     }
 }
 

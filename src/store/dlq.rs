@@ -50,6 +50,8 @@ pub const TMP_SUFFIX: &str = ".dlq.tmp";
 pub const CORRUPT_DIR: &str = "corrupt";
 /// Subdirectory of poison units (rows no database accepts).
 pub const POISON_DIR: &str = "poison";
+/// Bytes written by [`ShardDlq::probe`]: one page, so a full disk refuses it.
+pub const PROBE_BYTES: usize = 4096;
 /// Longest string or count accepted when decoding (a damaged length must not allocate
 /// gigabytes): 1 GiB, above any row the pipeline admits (`INGEST_PIPELINE_MAX_BYTES` ≤ that).
 const MAX_DECODE_LEN: u64 = 1 << 30;
@@ -1092,6 +1094,24 @@ impl ShardDlq {
                 "dlq directory fsync failed after setting a file aside; it stays set aside");
         }
         Ok(())
+    }
+
+    /// Checks that the DLQ directory takes a durable write again (after a spill or a file
+    /// operation failed): writes [`PROBE_BYTES`] to a hidden file, fsyncs it and removes it. The
+    /// name does not start with `shard-`, so a leftover (a crash mid-probe) is never taken for a
+    /// DLQ file. Goes through the same failure hook as spills.
+    pub fn probe(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(format!(".probe-shard-{:02}", self.shard));
+        let result = (|| {
+            let mut f = File::create(&path)?;
+            f.write_all(&[0u8; PROBE_BYTES])?;
+            f.sync_all()?;
+            self.faults.dlq_write()
+        })();
+        // Best effort: the name is fixed, so a leftover is overwritten by the next probe.
+        let _ = fs::remove_file(&path);
+        result
     }
 
     /// Writes poison units to `poison/` (same format, so they can be inspected or re-fed).

@@ -99,6 +99,8 @@ pub struct ShardGauges {
     pub dlq_spilled_files: AtomicU64,
     pub dlq_replayed_files: AtomicU64,
     pub dlq_evicted_files: AtomicU64,
+    /// Items (spans, log records, points) committed from replayed DLQ files.
+    pub dlq_replayed_items: AtomicU64,
     pub dlq_corrupt_files: AtomicU64,
     /// Replay attempts that failed (the database or DLQ disk was unavailable).
     pub dlq_replay_failures: AtomicU64,

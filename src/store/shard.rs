@@ -16,8 +16,15 @@
 //!   checkpoint runs with the busy handler off when the WAL file passes [`WAL_TRUNCATE_BYTES`];
 //!   the WAL size is published in [`ShardGauges::wal_bytes`] and logged when over
 //!   [`WAL_WARN_BYTES`].
-//! - Maintenance (DLQ replay, retention, WAL truncation) runs from `maintain`, which the writer
-//!   loop calls between groups whenever the delay it returned has passed, under load as when idle.
+//! - Maintenance (DLQ replay, retention, WAL truncation, probes) runs from `maintain`, which the
+//!   writer loop calls after every group and whenever the delay it returned has passed, under
+//!   load as when idle: a commit that takes the WAL over its limit gets its TRUNCATE attempt (and
+//!   the 1 s retries while a reader is in the way) at once, also when no group follows.
+//! - Readiness: the writer sets its shard's `db_failing` / `dlq_failing` flags in [`Stats`] from
+//!   what its database and DLQ operations do (replays, spills). While a flag is set and nothing
+//!   else exercises that store (no traffic, nothing to replay), a probe (a marker row written and
+//!   removed in one transaction; a small fsynced file in the DLQ directory) retries it with the
+//!   replay backoff, so readiness comes back once the fault clears, without new traffic.
 //! - Retention deletes rows older than `OTELRING_RETENTION` in bounded transactions between
 //!   groups (see [`ShardWriter::retention_step`]).
 
@@ -58,6 +65,9 @@ pub const WAL_TRUNCATE_BYTES: u64 = 256 * 1024 * 1024;
 /// How soon `maintain` tries the TRUNCATE checkpoint again while the WAL stays over
 /// [`WAL_TRUNCATE_BYTES`] (a reader was in the way), even when nothing else is due.
 pub const WAL_TRUNCATE_RETRY: Duration = Duration::from_secs(1);
+/// Id of the marker row the database probe writes and removes in `dlq_applied` (file ids are
+/// digits and hex, so it never names a file).
+pub const PROBE_ID: &str = "probe";
 /// WAL size above which a warning is logged (at most once per [`WAL_WARN_INTERVAL`]).
 pub const WAL_WARN_BYTES: u64 = 1024 * 1024 * 1024;
 pub const WAL_WARN_INTERVAL: Duration = Duration::from_secs(60);
@@ -477,6 +487,9 @@ pub struct ShardWriter {
     retention: Duration,
     next_replay: Instant,
     replay_backoff: Duration,
+    /// Next database / DLQ probe while this shard's readiness flags are set, and its backoff.
+    next_probe: Instant,
+    probe_backoff: Duration,
     next_retention: Instant,
     last_wal_warn: Option<Instant>,
     /// Injected statements already run ([`Faults::run_sql`]).
@@ -517,6 +530,8 @@ impl ShardWriter {
             retention,
             next_replay: now,
             replay_backoff: REPLAY_MIN_BACKOFF,
+            next_probe: now,
+            probe_backoff: REPLAY_MIN_BACKOFF,
             next_retention: now,
             last_wal_warn: None,
             faults_seen: 0,
@@ -653,20 +668,87 @@ impl ShardWriter {
         if self.gauges.wal_bytes.load(Ordering::Relaxed) > wal_limit {
             self.checkpoint_truncate();
         }
+        if self.probes_due() && Instant::now() >= self.next_probe {
+            self.probe();
+        }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
+        let mut due = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         if !self.dlq.is_empty() {
-            next = Some(self.next_replay);
+            due(self.next_replay);
         }
         if !self.retention.is_zero() {
-            next = Some(next.map_or(self.next_retention, |n| n.min(self.next_retention)));
+            due(self.next_retention);
         }
         if self.gauges.wal_bytes.load(Ordering::Relaxed) > wal_limit {
             // A reader kept the WAL from being truncated: try again while idle too.
-            let retry = now + WAL_TRUNCATE_RETRY;
-            next = Some(next.map_or(retry, |n| n.min(retry)));
+            due(now + WAL_TRUNCATE_RETRY);
+        }
+        if self.probes_due() {
+            // A flag nothing else will clear: probe again while idle too.
+            due(self.next_probe);
         }
         next.map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)))
+    }
+
+    /// True while a readiness flag of this shard is set that nothing else will clear: the DLQ
+    /// disk failed, or the database failed and there is no DLQ file whose replay would retry it.
+    fn probes_due(&self) -> bool {
+        let st = &self.stats;
+        st.dlq_failing.get(self.shard) || (st.db_failing.get(self.shard) && self.dlq.is_empty())
+    }
+
+    /// Retries the failing database and / or DLQ disk of this shard; clears each flag that
+    /// succeeds; backs off (like the replay) while either still fails.
+    fn probe(&mut self) {
+        let mut failing = false;
+        if self.stats.dlq_failing.get(self.shard) {
+            match self.dlq.probe() {
+                Ok(()) => self.stats.dlq_failing.set(self.shard, false),
+                Err(e) => {
+                    tracing::debug!(shard = self.shard, error = %e, "dlq probe failed");
+                    failing = true;
+                }
+            }
+        }
+        if self.stats.db_failing.get(self.shard) && self.dlq.is_empty() {
+            match self.probe_database() {
+                Ok(()) => self.stats.db_failing.set(self.shard, false),
+                Err(e) => {
+                    tracing::debug!(shard = self.shard, error = %e, "database probe failed");
+                    failing = true;
+                }
+            }
+        }
+        if failing {
+            self.next_probe = Instant::now() + self.probe_backoff;
+            self.probe_backoff = (self.probe_backoff * 2).min(REPLAY_MAX_BACKOFF);
+        } else {
+            self.probe_backoff = REPLAY_MIN_BACKOFF;
+        }
+    }
+
+    /// Writes and removes the [`PROBE_ID`] row of `dlq_applied` in one transaction: the pages it
+    /// touches are written to the WAL at COMMIT, so this fails like a group would while the
+    /// disk is full or the file read-only. Counts as a transaction for [`Faults`].
+    fn probe_database(&mut self) -> rusqlite::Result<()> {
+        self.prepare();
+        let conn = &self.conn;
+        let run = || -> rusqlite::Result<()> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            conn.execute(
+                "INSERT OR REPLACE INTO dlq_applied (id, applied_at) VALUES (?1, ?2)",
+                (PROBE_ID, unix_nano_now()),
+            )?;
+            conn.execute("DELETE FROM dlq_applied WHERE id = ?1", [PROBE_ID])?;
+            self.faults.before_commit()?;
+            conn.execute_batch("COMMIT")
+        };
+        let r = run();
+        if r.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        r
     }
 
     /// Replays the oldest DLQ file: skips what `dlq_applied` says is committed, writes the rest in
@@ -688,6 +770,7 @@ impl ShardWriter {
                     }
                     Err(e) => {
                         tracing::error!(shard = self.shard, error = %e, "could not set a damaged dlq file aside");
+                        self.stats.dlq_failing.set(self.shard, true);
                         Replay::Failed
                     }
                 };
@@ -705,6 +788,7 @@ impl ShardWriter {
             }
             Err(DlqError::Io(e)) => {
                 tracing::warn!(shard = self.shard, error = %e, "could not read a dlq file");
+                self.stats.dlq_failing.set(self.shard, true);
                 return Replay::Failed;
             }
         };
@@ -714,6 +798,7 @@ impl ShardWriter {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(shard = self.shard, error = %e, "dlq replay: database unavailable");
+                self.stats.db_failing.set(self.shard, true);
                 return Replay::Failed;
             }
         };
@@ -737,7 +822,7 @@ impl ShardWriter {
                     &part
                 };
                 match self.transaction(batches, Some(&tag)) {
-                    Ok(()) => {}
+                    Ok(()) => self.stats.db_failing.set(self.shard, false),
                     Err(e) if e.permanent() && a < b => {
                         let mid = a + (b - a) / 2;
                         tracing::warn!(shard = self.shard, file = %id, first = a, last = b, error = %e,
@@ -751,6 +836,7 @@ impl ShardWriter {
                         let cause = e.to_string();
                         if let Err(err) = self.dlq.write_poison(batches, &id, a, &cause) {
                             tracing::error!(shard = self.shard, error = %err, "could not write a poison file");
+                            self.stats.dlq_failing.set(self.shard, true);
                             return Replay::Failed;
                         }
                         let mark = format!("{id}:{a}-{b}:poison");
@@ -759,6 +845,7 @@ impl ShardWriter {
                             (&mark, unix_nano_now()),
                         ) {
                             tracing::warn!(shard = self.shard, error = %err, "could not record a poison unit");
+                            self.stats.db_failing.set(self.shard, true);
                             return Replay::Failed;
                         }
                         self.gauges.poison_units.fetch_add(1, Ordering::Relaxed);
@@ -766,6 +853,7 @@ impl ShardWriter {
                     }
                     Err(e) => {
                         tracing::warn!(shard = self.shard, file = %id, error = %e, "dlq replay failed; will retry");
+                        self.stats.db_failing.set(self.shard, true);
                         return Replay::Failed;
                     }
                 }
@@ -779,8 +867,11 @@ impl ShardWriter {
         }
         if let Err(e) = self.dlq.remove_oldest() {
             tracing::warn!(shard = self.shard, error = %e, "could not delete a replayed dlq file");
+            self.stats.dlq_failing.set(self.shard, true);
             return Replay::Failed;
         }
+        // The file was read and removed: the DLQ disk works.
+        self.stats.dlq_failing.set(self.shard, false);
         // The `dlq_applied` records stay (retention ages them out): a copy of this file put back
         // by hand, or found again after a crash before the delete, is skipped, not duplicated.
         let mut persisted = entry.items;
@@ -788,6 +879,7 @@ impl ShardWriter {
             *p = p.saturating_sub(l);
         }
         self.gauges.dlq_replayed_files.fetch_add(1, Ordering::Relaxed);
+        self.gauges.dlq_replayed_items.fetch_add(persisted.iter().sum::<u64>(), Ordering::Relaxed);
         self.book_finished(&entry, persisted, LostReason::Poison, lost);
         Replay::Finished
     }
@@ -973,6 +1065,7 @@ impl BatchWriter for ShardWriter {
         if spilled.is_ok() {
             self.gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
         }
+        self.stats.dlq_failing.set(self.shard, spilled.is_err());
         self.publish_dlq();
         spilled.map(drop).map_err(|e| WriteError::Spill(e.to_string()))
     }
