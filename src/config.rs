@@ -203,6 +203,10 @@ pub struct StoreConfig {
     pub dlq_max_bytes: u64,
     /// `OTELRING_RETENTION`: age limit by `ingested_at`; zero keeps everything.
     pub retention: Duration,
+    /// `synchronous=FULL` instead of `NORMAL`: every commit is fsynced before it is reported, so
+    /// a power loss cannot take back what a commit-mode client was told is stored. Set from
+    /// commit mode (`INGEST_ASYNC_ENABLED=false`); async mode keeps DESIGN 1.4's `NORMAL`.
+    pub durable_commits: bool,
 }
 
 impl Default for StoreConfig {
@@ -221,6 +225,7 @@ impl StoreConfig {
             dlq_max_files: DEFAULT_DLQ_MAX_FILES,
             dlq_max_bytes: DEFAULT_DLQ_MAX_BYTES,
             retention: DEFAULT_RETENTION,
+            durable_commits: false,
         }
     }
 

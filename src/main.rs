@@ -80,7 +80,10 @@ fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let store = if discard {
         None
     } else {
-        Some(Store::open(&cli.store.store_config(data_dir)?, shards, stats.clone())?)
+        let mut scfg = cli.store.store_config(data_dir)?;
+        // Commit mode promises "stored" when it answers: fsync every commit (power loss too).
+        scfg.durable_commits = pcfg.commit_mode;
+        Some(Store::open(&scfg, shards, stats.clone())?)
     };
     let gauges = store.as_ref().map(Store::gauges).unwrap_or_default();
     let pipeline = Arc::new(Pipeline::new(pcfg, stats)?);

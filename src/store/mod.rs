@@ -287,6 +287,9 @@ impl Store {
         for i in 0..shards {
             let path = cfg.data_dir.join(shard_file_name(i));
             let conn = shard::open_connection(&path)?;
+            if cfg.durable_commits {
+                conn.execute_batch("PRAGMA synchronous = FULL").map_err(|e| StoreError::sqlite(&path, e))?;
+            }
             let (mut q, rec) = dlq::ShardDlq::open(&cfg.dlq_path, i, max_files, max_bytes)
                 .map_err(|e| StoreError::io(&cfg.dlq_path, e))?;
             q.set_faults(faults.clone());
