@@ -4,6 +4,7 @@
 mod decode;
 mod e2e;
 mod faults;
+mod floods;
 mod pipeline;
 mod reliability;
 mod store;

@@ -8,6 +8,15 @@
 //! `grpc-status` and a percent-encoded `grpc-message`; retryable ones carry the RetryInfo in both
 //! `grpc-status-details-bin` and `google.rpc.retryinfo-bin` (the Rust and Python SDKs each read
 //! only one of them).
+//!
+//! Per connection ([`ConnState`], shared with OTLP/HTTP): requests a client cancels before their
+//! answer are counted against a budget ([`RESET_BURST`], [`RESETS_PER_SEC`]) and a client over it
+//! is cut off with GOAWAY(ENHANCE_YOUR_CALM): h2's own guard, `max_pending_accept_reset_streams`,
+//! only catches resets that pile up faster than the accept loop takes them, so a rapid-reset
+//! client that paces its HEADERS + RST_STREAM pairs would otherwise cost a stream task each,
+//! forever (CVE-2023-44487). A connection is closed with GOAWAY after `OTELRING_KEEPALIVE_IDLE`
+//! without a request, and at stop; [`GOAWAY_GRACE`] after a GOAWAY a connection with no request
+//! in progress is closed even if the client never acknowledges it.
 
 use super::ingest::{Call, Compression, Ingest, inflate};
 use super::status::{Failure, bin_header, grpc_message, retry_info_bytes, status_proto, success_proto};
@@ -21,9 +30,11 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// Per-stream flow-control window: 1 MiB lets a typical 300 KB–1 MB export arrive in one round
 /// trip without waiting for WINDOW_UPDATEs (h2's default 64 KiB needs ~10 on loopback).
@@ -37,6 +48,172 @@ pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
 pub const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Pending locally-reset streams kept before the connection is closed (h2 reset-flood guard).
 pub const MAX_PENDING_RESETS: usize = 64;
+/// Streams the server may reset because of the client's errors (REFUSED_STREAM past the
+/// concurrency limit, protocol errors) before the connection is closed with
+/// GOAWAY(ENHANCE_YOUR_CALM): h2's default, made explicit.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Requests a client may cancel at once on one connection (RST_STREAM before the answer, or a
+/// body cut short) before the connection is cut off: the rapid-reset guard. Two hundred is far
+/// above what a client whose exports time out produces (one cancel per export timeout).
+pub const RESET_BURST: u32 = 200;
+/// Cancellations per second a connection earns back after [`RESET_BURST`] (token bucket).
+pub const RESETS_PER_SEC: u32 = 20;
+/// After a GOAWAY (stop or idle), a connection with no request in progress is closed this long
+/// after even if the client never acknowledges: h2's graceful close waits for the client's PING
+/// acknowledgement, so a silent or dead client would otherwise hold its connection slot, and the
+/// stop, until the body read timeout.
+pub const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+/// Pause after a failed accept (EMFILE: out of file descriptors, ENOBUFS, ...) before the next:
+/// the listener stays readable, so retrying at once would spin a core until a descriptor frees.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Warnings a flood can trigger (accept failures, connections refused at the limit) are logged
+/// at most this often per listener, with the count since the last one.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One connection's requests in progress, its last activity and its cancellation budget, shared
+/// by the connection task and its request tasks (both listeners).
+#[derive(Debug)]
+pub struct ConnState {
+    /// Requests in progress. A counter read for the idle and close decisions only: AcqRel /
+    /// Acquire so a decision never sees a request's end before its begin; no data hangs off it.
+    active: AtomicUsize,
+    last_active: Mutex<Instant>,
+    /// The cancellation token bucket: tokens left, last refill.
+    resets: Mutex<(f64, Instant)>,
+    /// Set once (swap, AcqRel) by the request that runs out of budget; read (Acquire) by the
+    /// connection task after `flood` wakes it. No other data is published through it.
+    flooding: AtomicBool,
+    /// Wakes the connection task when the client goes over its cancellation budget.
+    flood: Notify,
+}
+
+impl ConnState {
+    pub fn new() -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(Self {
+            active: AtomicUsize::new(0),
+            last_active: Mutex::new(now),
+            resets: Mutex::new((f64::from(RESET_BURST), now)),
+            flooding: AtomicBool::new(false),
+            flood: Notify::new(),
+        })
+    }
+
+    /// A request begins; it counts as cancelled unless [`RequestGuard::answered`] is called.
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        RequestGuard { conn: self.clone(), answered: false }
+    }
+
+    /// Requests in progress.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// How long the connection has had no request in progress (zero while one is).
+    pub fn idle_for(&self) -> Duration {
+        if self.active() > 0 {
+            return Duration::ZERO;
+        }
+        self.last_active.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+
+    /// True once the client cancelled more requests than its budget allows.
+    pub fn flooding(&self) -> bool {
+        self.flooding.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the client is over its cancellation budget.
+    pub async fn flooded(&self) {
+        while !self.flooding() {
+            self.flood.notified().await;
+        }
+    }
+
+    fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn cancelled(&self) {
+        let mut b = self.resets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let earned = now.duration_since(b.1).as_secs_f64() * f64::from(RESETS_PER_SEC);
+        *b = ((b.0 + earned).min(f64::from(RESET_BURST)), now);
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+        } else if !self.flooding.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                "client cancelled more than {RESET_BURST} requests (+{RESETS_PER_SEC}/s) on one connection: \
+                 closing it (reset flood)"
+            );
+            self.flood.notify_one();
+        }
+    }
+}
+
+/// A request in progress on a connection; dropped without [`RequestGuard::answered`] it counts
+/// as a cancellation against the connection's budget.
+#[derive(Debug)]
+pub struct RequestGuard {
+    conn: Arc<ConnState>,
+    answered: bool,
+}
+
+impl RequestGuard {
+    /// The answer reached the connection (the client did not cancel first).
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.conn.touch();
+        self.conn.active.fetch_sub(1, Ordering::AcqRel);
+        if !self.answered {
+            self.conn.cancelled();
+        }
+    }
+}
+
+/// A warning a flood can trigger, logged at most once per [`WARN_INTERVAL`] with the number of
+/// occurrences it stands for: a flood must not cost a log line per attempt.
+#[derive(Debug, Default)]
+pub struct WarnEvery {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl WarnEvery {
+    /// Counts one occurrence; when a warning is due, returns the occurrences it reports.
+    pub fn due(&mut self) -> Option<u64> {
+        self.since += 1;
+        if self.last.is_some_and(|t| t.elapsed() < WARN_INTERVAL) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+/// Handles a failed accept: waits [`ACCEPT_BACKOFF`] (so a persistent error such as EMFILE does
+/// not spin a core) and warns at most once per [`WARN_INTERVAL`].
+pub async fn accept_failed(listener: &str, e: &std::io::Error, warn: &mut WarnEvery) {
+    if let Some(n) = warn.due() {
+        tracing::warn!(error = %e, "{listener}: accept failed ({n}x since the last warning); retrying every {ACCEPT_BACKOFF:?}");
+    }
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
+/// Warns, at most once per [`WARN_INTERVAL`], that connections were refused at the limit.
+pub fn limit_reached(listener: &str, warn: &mut WarnEvery) {
+    if let Some(n) = warn.due() {
+        tracing::warn!(
+            "{listener} connection refused: connection limit reached ({n} refused since the last warning)"
+        );
+    }
+}
 
 /// Method paths of the three OTLP `Export` calls.
 pub const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -51,14 +228,21 @@ pub async fn serve(
     conns: Arc<ConnLimit>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (mut accept_warn, mut limit_warn) = (WarnEvery::default(), WarnEvery::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((sock, _peer)) = accepted else { continue };
+                let sock = match accepted {
+                    Ok((sock, _peer)) => sock,
+                    Err(e) => {
+                        accept_failed("gRPC", &e, &mut accept_warn).await;
+                        continue;
+                    }
+                };
                 // Without TCP_NODELAY a peer loses ~40 ms per call to delayed ACKs.
                 let _ = sock.set_nodelay(true);
                 let Some(guard) = conns.try_enter() else {
-                    tracing::warn!("gRPC connection refused: connection limit reached");
+                    limit_reached("gRPC", &mut limit_warn);
                     continue;
                 };
                 let (ingest, limits, shutdown) = (ingest.clone(), limits.clone(), shutdown.clone());
@@ -85,30 +269,38 @@ async fn connection(
         .max_header_list_size(MAX_HEADER_LIST)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .handshake::<_, Bytes>(sock);
     let mut conn = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
         Ok(Ok(c)) => c,
         _ => return,
     };
-    let mut closing = *shutdown.borrow();
-    if closing {
+    let state = ConnState::new();
+    let mut closing = false;
+    let mut aborted = false;
+    // Armed once closing: a connection with no request in progress (or aborted) is dropped when
+    // it fires, whether or not the client acknowledged the GOAWAY.
+    let close = tokio::time::sleep(GOAWAY_GRACE);
+    tokio::pin!(close);
+    if *shutdown.borrow() {
+        closing = true;
         conn.graceful_shutdown();
+        close.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
     }
-    // Idle connections (no stream for OTELRING_KEEPALIVE_IDLE) are closed with GOAWAY, so idle or
+    // Idle connections (no request for OTELRING_KEEPALIVE_IDLE) are closed with GOAWAY, so idle or
     // dead peers cannot hold connection slots forever.
-    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let idle = tokio::time::sleep(limits.keepalive_idle);
     tokio::pin!(idle);
     loop {
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + limits.keepalive_idle);
-                    let (ingest, limits, active) = (ingest.clone(), limits.clone(), active.clone());
-                    active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut guard = state.begin();
+                    let (ingest, limits) = (ingest.clone(), limits.clone());
                     tokio::spawn(async move {
-                        stream(req, respond, ingest, limits).await;
-                        active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        if stream(req, respond, ingest, limits).await {
+                            guard.answered();
+                        }
                     });
                 }
                 Some(Err(e)) => {
@@ -117,17 +309,33 @@ async fn connection(
                 }
                 None => break,
             },
+            () = state.flooded(), if !aborted => {
+                aborted = true;
+                closing = true;
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                close.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
+            }
             _ = shutdown.changed(), if !closing => {
                 closing = true;
                 conn.graceful_shutdown();
+                close.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
             }
             () = &mut idle, if !closing => {
-                if active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                let idle_for = state.idle_for();
+                if state.active() == 0 && idle_for >= limits.keepalive_idle {
                     closing = true;
                     conn.graceful_shutdown();
+                    close.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
                 } else {
-                    idle.as_mut().reset(tokio::time::Instant::now() + limits.keepalive_idle);
+                    let left = limits.keepalive_idle.saturating_sub(idle_for).max(Duration::from_millis(10));
+                    idle.as_mut().reset(tokio::time::Instant::now() + left);
                 }
+            }
+            () = &mut close, if closing => {
+                if aborted || state.active() == 0 {
+                    break;
+                }
+                close.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
             }
         }
     }
@@ -151,17 +359,18 @@ fn signal_of(path: &str) -> Option<Signal> {
     }
 }
 
+/// Serves one stream; returns whether its answer reached the connection (false when the client
+/// reset the stream first).
 async fn stream(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     ingest: Arc<Ingest>,
     limits: Arc<ServerLimits>,
-) {
+) -> bool {
     let started = Instant::now();
     let Some(signal) = signal_of(req.uri().path()) else {
         let f = Failure::NotFound(format!("unknown method {}", req.uri().path()));
-        trailers_only(&mut respond, &f, &ingest, None);
-        return;
+        return trailers_only(&mut respond, &f, &ingest, None);
     };
     let answer = call(signal, req, &ingest, &limits, started).await;
     match answer {
@@ -172,15 +381,15 @@ async fn stream(
                 .header("grpc-encoding", "identity")
                 .body(())
                 .unwrap_or_default();
-            let Ok(mut send) = respond.send_response(resp, false) else { return };
+            let Ok(mut send) = respond.send_response(resp, false) else { return false };
             let mut framed = Vec::with_capacity(body.len() + 5);
             grpc_frame::encode_frame(false, &body, &mut framed);
             if send.send_data(Bytes::from(framed), false).is_err() {
-                return;
+                return false;
             }
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
-            let _ = send.send_trailers(trailers);
+            send.send_trailers(trailers).is_ok()
         }
         Err((f, accept_encoding)) => trailers_only(&mut respond, &f, &ingest, accept_encoding),
     }
@@ -244,7 +453,11 @@ async fn call(
                 Failure::BadRequest("compressed flag set without a grpc-encoding".into()),
             ));
         }
-        inflate(&message, compression, ingest.max_body, &mut reservation).map_err(|f| {
+        let inflated = inflate(&message, compression, ingest.max_body, &mut reservation);
+        // The wire bytes are not needed past here: free them now, not after the answer (in commit
+        // mode that waits for the commit, outside every cap).
+        drop(message);
+        inflated.map_err(|f| {
             let reason = match f {
                 Failure::TooLarge(_) => RequestRejectReason::BodyTooLarge,
                 Failure::Throttled(_) => RequestRejectReason::InflightBudget,
@@ -324,13 +537,13 @@ async fn read_message(
 }
 
 /// Answers with headers only: `grpc-status`, `grpc-message`, and for retryable failures the
-/// RetryInfo in both places clients look.
+/// RetryInfo in both places clients look. False when the stream is gone (reset by the client).
 fn trailers_only(
     respond: &mut SendResponse<Bytes>,
     f: &Failure,
     ingest: &Ingest,
     accept_encoding: Option<&str>,
-) {
+) -> bool {
     let mut b = Response::builder()
         .status(200)
         .header("content-type", "application/grpc")
@@ -344,7 +557,8 @@ fn trailers_only(
     if let Some(a) = accept_encoding {
         b = b.header("grpc-accept-encoding", a);
     }
-    if let Ok(resp) = b.body(()) {
-        let _ = respond.send_response(resp, true);
+    match b.body(()) {
+        Ok(resp) => respond.send_response(resp, true).is_ok(),
+        Err(_) => false,
     }
 }

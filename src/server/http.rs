@@ -5,7 +5,14 @@
 //! A body's size is reserved from the in-flight budget before it is read (`Content-Length`, or
 //! grown chunk by chunk), checked against `OTELRING_MAX_BODY_BYTES` while reading and while
 //! inflating. Errors are `google.rpc.Status` bodies encoded like the request.
+//!
+//! Connections are managed as on the gRPC listener ([`super::grpc::ConnState`]): closed with
+//! GOAWAY / `Connection: close` after `OTELRING_KEEPALIVE_IDLE` without a request (hyper's h2
+//! keep-alive only pings, so an idle h2c client that answers pings would keep its connection slot
+//! forever) and at stop, dropped [`super::grpc::GOAWAY_GRACE`] later when no request is in
+//! progress, and cut off when the client cancels more requests than its budget (rapid reset).
 
+use super::grpc::{ConnState, GOAWAY_GRACE, WarnEvery, accept_failed, limit_reached};
 use super::ingest::{Call, Compression, Reservation, inflate};
 use super::status::{Failure, status_json, status_proto, success_json, success_proto};
 use super::{Shared, tenant_of};
@@ -25,6 +32,11 @@ use tokio::sync::watch;
 
 type Resp = Response<Full<Bytes>>;
 
+/// Marks a response to a request whose body the client cut short (stream reset, connection
+/// closed): it counts as a cancellation, not an answer.
+#[derive(Clone, Copy, Debug)]
+struct Cancelled;
+
 /// Accepts HTTP connections until `shutdown` turns true, then shuts them down gracefully.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -40,36 +52,115 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
         .initial_stream_window_size(super::grpc::STREAM_WINDOW)
         .initial_connection_window_size(super::grpc::CONNECTION_WINDOW)
         .max_pending_accept_reset_streams(super::grpc::MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(Some(super::grpc::MAX_LOCAL_ERROR_RESETS))
         .keep_alive_interval(Some(shared.limits.keepalive_idle))
         .keep_alive_timeout(Duration::from_secs(20));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let (mut accept_warn, mut limit_warn) = (WarnEvery::default(), WarnEvery::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((sock, _peer)) = accepted else { continue };
+                let sock = match accepted {
+                    Ok((sock, _peer)) => sock,
+                    Err(e) => {
+                        accept_failed("HTTP", &e, &mut accept_warn).await;
+                        continue;
+                    }
+                };
                 let _ = sock.set_nodelay(true);
                 let Some(guard) = shared.conns.try_enter() else {
-                    tracing::warn!("HTTP connection refused: connection limit reached");
+                    limit_reached("HTTP", &mut limit_warn);
                     continue;
                 };
+                let state = ConnState::new();
                 let s = shared.clone();
+                let st = state.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let s = s.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &s).await) }
+                    // Created when hyper accepts the request, so a request dropped before its
+                    // first poll (reset at once) still counts as cancelled.
+                    let mut request = st.begin();
+                    async move {
+                        let resp = handle(req, &s).await;
+                        if resp.extensions().get::<Cancelled>().is_none() {
+                            request.answered();
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(sock), svc).into_owned();
-                let fut = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = fut.await {
-                        tracing::debug!(error = %e, "HTTP connection error");
-                    }
+                let (limits, shutdown) = (shared.limits.clone(), shutdown.clone());
+                connections.spawn(async move {
+                    connection(conn, |c| c.graceful_shutdown(), state, &limits, shutdown).await;
                     drop(guard);
                 });
             }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = shutdown.changed() => break,
         }
     }
-    graceful.shutdown().await;
+    // Each connection sees the shutdown too: GOAWAY / `Connection: close`, then closed.
+    while connections.join_next().await.is_some() {}
+}
+
+/// Drives one connection until it ends: graceful shutdown when idle for the keep-alive time or at
+/// stop, dropped [`GOAWAY_GRACE`] later once no request is in progress, dropped at once on a
+/// reset flood.
+async fn connection<C, E>(
+    conn: C,
+    graceful: impl Fn(std::pin::Pin<&mut C>),
+    state: Arc<ConnState>,
+    limits: &super::ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let mut closing = false;
+    let close = tokio::time::sleep(GOAWAY_GRACE);
+    tokio::pin!(close);
+    if *shutdown.borrow() {
+        closing = true;
+        graceful(conn.as_mut());
+        close.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
+    }
+    let idle = tokio::time::sleep(limits.keepalive_idle);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "HTTP connection error");
+                }
+                return;
+            }
+            // hyper cannot send GOAWAY(ENHANCE_YOUR_CALM) on demand: drop the connection.
+            () = state.flooded() => return,
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                graceful(conn.as_mut());
+                close.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
+            }
+            () = &mut idle, if !closing => {
+                let idle_for = state.idle_for();
+                if state.active() == 0 && idle_for >= limits.keepalive_idle {
+                    closing = true;
+                    graceful(conn.as_mut());
+                    close.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
+                } else {
+                    let left = limits.keepalive_idle.saturating_sub(idle_for).max(Duration::from_millis(10));
+                    idle.as_mut().reset(tokio::time::Instant::now() + left);
+                }
+            }
+            () = &mut close, if closing => {
+                if state.active() == 0 {
+                    return;
+                }
+                close.as_mut().reset(tokio::time::Instant::now() + GOAWAY_GRACE);
+            }
+        }
+    }
 }
 
 fn signal_of(path: &str) -> Option<Signal> {
@@ -210,7 +301,14 @@ async fn export(signal: Signal, req: Request<Incoming>, shared: &Shared) -> Resp
     );
     let (wire, mut reservation) = match read.await {
         Ok(Ok(r)) => r,
-        Ok(Err((reason, f))) => return refuse(reason, f),
+        Ok(Err((reason, f))) => {
+            let cut_short = matches!(f, Failure::BadRequest(_)) && reason == RequestRejectReason::Invalid;
+            let mut r = refuse(reason, f);
+            if cut_short {
+                r.extensions_mut().insert(Cancelled);
+            }
+            return r;
+        }
         // A slow link is not bad input: answer retryable (503 + Retry-After).
         Err(_) => {
             return refuse(
@@ -221,17 +319,23 @@ async fn export(signal: Signal, req: Request<Incoming>, shared: &Shared) -> Resp
     };
     let body = match compression {
         Compression::Identity => wire,
-        c => match inflate(&wire, c, ingest.max_body, &mut reservation) {
-            Ok(b) => b,
-            Err(f) => {
-                let reason = match f {
-                    Failure::TooLarge(_) => RequestRejectReason::BodyTooLarge,
-                    Failure::Throttled(_) => RequestRejectReason::InflightBudget,
-                    _ => RequestRejectReason::Invalid,
-                };
-                return refuse(reason, f);
+        c => {
+            let inflated = inflate(&wire, c, ingest.max_body, &mut reservation);
+            // The wire bytes are not needed past here: free them now, not after the answer (in
+            // commit mode that waits for the commit, outside every cap).
+            drop(wire);
+            match inflated {
+                Ok(b) => b,
+                Err(f) => {
+                    let reason = match f {
+                        Failure::TooLarge(_) => RequestRejectReason::BodyTooLarge,
+                        Failure::Throttled(_) => RequestRejectReason::InflightBudget,
+                        _ => RequestRejectReason::Invalid,
+                    };
+                    return refuse(reason, f);
+                }
             }
-        },
+        }
     };
     let call = Call { signal, transport: Transport::Http, encoding, tenant, started };
     match ingest.export(call, body, reservation).await {

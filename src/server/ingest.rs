@@ -199,7 +199,10 @@ impl Ingest {
             ));
         }
         let decoded = if body.len() <= INLINE_DECODE_MAX_BYTES {
-            otlp::decode(signal, encoding, &body, &self.decode, tenant, Received::now())
+            let decoded = otlp::decode(signal, encoding, &body, &self.decode, tenant, Received::now());
+            // Freed now, not after the answer: in commit mode that waits for the commit.
+            drop(body);
+            decoded
         } else {
             let permit = self.decode_permits.clone().acquire_owned().await;
             let cfg = self.decode.clone();
