@@ -227,20 +227,21 @@ def parse_size(v):
 
 
 def rss_budget(a, env, shards, connections):
-    """DESIGN 1.2: memory is bounded by the byte caps plus a documented overhead: decode threads x
-    MAX_BYTES + connections x h2 connection window + a fixed base. The caps: the in-flight body
-    budget and the per-signal queue byte cap (3 signals); plus SQLite's page cache (64 MiB per
-    shard, docs/PERFORMANCE.md)."""
+    """The documented memory bound (docs/RELIABILITY.md "Memory bound"; derived from the code in
+    tests/floods.rs rss_bound): base + 3 x MAX_BYTES (rows queued per signal) + 2 x MAX_INFLIGHT
+    (bodies being read or inflated, x2 for buffer growth) + 2 x cores x MAX_BYTES (decoded rows not
+    yet admitted: the decode pool and inline decodes) + shards x 64 MiB (SQLite page cache) +
+    connections x (4 MiB h2 connection window + streams x 64 KiB header block)."""
     max_bytes = parse_size(env.get("INGEST_PIPELINE_MAX_BYTES", "128MiB")) or 128 * MIB
     inflight = parse_size(env.get("OTELRING_MAX_INFLIGHT_BYTES", "256MiB")) or 256 * MIB
-    decode_threads = os.cpu_count() or 1
-    conn_window = 4 * MIB  # src/server/grpc.rs CONNECTION_WINDOW
+    streams = int(env.get("OTELRING_MAX_CONCURRENT_STREAMS", "256"))
+    cores = os.cpu_count() or 1
     parts = {
-        "inflight_bytes": inflight,
         "queue_bytes_3_signals": 3 * max_bytes,
-        "decode_threads_x_max_bytes": decode_threads * max_bytes,
-        "connections_x_h2_window": connections * conn_window,
+        "inflight_bytes_x2": 2 * inflight,
+        "decoding_2_x_cores_x_max_bytes": 2 * cores * max_bytes,
         "sqlite_page_cache": shards * 64 * MIB,
+        "connections_x_(h2_window+streams_x_header_block)": connections * (4 * MIB + streams * 64 * 1024),
         "base": int(a.rss_base_mib * MIB),
     }
     return sum(parts.values()), parts

@@ -115,6 +115,7 @@ impl Pipeline {
         }
         t.started = true;
         let pins = pin_plan(&self.core.config().pin, shards);
+        let nice = self.core.config().writer_nice;
         for (shard, sink) in writers.into_iter().enumerate() {
             let core_ref = self.core.clone();
             let pin = pins.get(shard).copied().flatten();
@@ -125,6 +126,9 @@ impl Pipeline {
                         && !core_affinity::set_for_current(core)
                     {
                         tracing::warn!(shard, core = core.id, "could not pin writer; running unpinned");
+                    }
+                    if nice > 0 {
+                        lower_priority(shard, nice);
                     }
                     writer::run_writer(shard, core_ref, sink);
                 })
@@ -226,6 +230,36 @@ impl Drop for Pipeline {
 }
 
 /// Which core each writer is pinned to (DESIGN 1.6 `INGEST_PIPELINE_PIN`).
+/// Runs the calling (writer) thread at niceness `nice` (1..=19), below the request path: on a
+/// machine without spare cores a decode or an answer then preempts a commit instead of waiting
+/// for its time slice (the writers catch up in the next group; admission bounds what waits).
+/// Linux niceness is per thread. Failure only costs latency, so it is logged, not fatal.
+#[cfg(all(feature = "server", target_os = "linux", not(otelring_loom)))]
+fn lower_priority(shard: usize, nice: i32) {
+    use thread_priority::{ThreadPriority, ThreadPriorityValue, set_current_thread_priority};
+    match ThreadPriorityValue::try_from(crossplatform_for_nice(nice)) {
+        Ok(p) => {
+            if let Err(e) = set_current_thread_priority(ThreadPriority::Crossplatform(p)) {
+                tracing::warn!(shard, nice, error = ?e, "could not lower the writer's priority");
+            }
+        }
+        Err(e) => tracing::warn!(shard, nice, error = %e, "no priority value for this niceness"),
+    }
+}
+
+#[cfg(not(all(feature = "server", target_os = "linux", not(otelring_loom))))]
+fn lower_priority(_shard: usize, _nice: i32) {}
+
+/// thread-priority 3 maps a cross-platform value p in 0..=99 to niceness
+/// `trunc(39 × (1 − p/99)) − 20` (in f32; `ThreadPriority::to_posix`): this is the p in the
+/// middle of the run of values that land on `nice`, away from the rounding edges (every niceness
+/// 1..=19 on a real thread is checked by `lower_priority_sets_the_calling_threads_niceness`).
+fn crossplatform_for_nice(nice: i32) -> u8 {
+    let lands = |p: u8| ((39.0_f32 * (1.0 - f32::from(p) / 99.0)) as i8 as i32) - 20;
+    let hits: Vec<u8> = (0..=99u8).filter(|&p| lands(p) == nice).collect();
+    hits.get(hits.len() / 2).copied().unwrap_or(if nice > 0 { 0 } else { 99 })
+}
+
 fn pin_plan(policy: &PinPolicy, shards: usize) -> Vec<Option<core_affinity::CoreId>> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     match policy {
@@ -249,6 +283,22 @@ fn pin_plan(policy: &PinPolicy, shards: usize) -> Vec<Option<core_affinity::Core
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(all(feature = "server", target_os = "linux"))]
+    #[test]
+    fn lower_priority_sets_the_calling_threads_niceness() {
+        for want in 1..=19 {
+            let got = std::thread::spawn(move || {
+                lower_priority(0, want);
+                // Field 19 of /proc/thread-self/stat (after the parenthesised command name).
+                let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+                stat.rsplit(')').next().unwrap().split_whitespace().nth(16).unwrap().parse::<i32>().unwrap()
+            })
+            .join()
+            .unwrap();
+            assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn pin_plan_auto_needs_two_spare_cores() {
