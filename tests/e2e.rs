@@ -663,8 +663,34 @@ fn sigterm_under_load_exits_zero_and_the_books_balance() {
     // "otelring listening: OTLP/gRPC on A, OTLP/HTTP on B; ..."
     let http: SocketAddr =
         line.split("OTLP/HTTP on ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    let grpc: SocketAddr =
+        line.split("OTLP/gRPC on ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Both transports: 2 gRPC clients (protobuf, one h2 connection each, 20-span requests of 4
+    // five-span traces) beside the 4 HTTP/JSON clients below.
+    let grpc_clients: Vec<_> = (0..2u64)
+        .map(|c| {
+            let accepted = accepted.clone();
+            rt.spawn(async move {
+                use crate::floods::{framed, grpc_unary, h2_connect, proto_traces};
+                let client = h2_connect(grpc).await;
+                for i in 0..100_000u64 {
+                    let first = 10_000_000 + c * 1_000_000 + i * 4;
+                    let body = framed(&proto_traces(first, 4, 5, "grpc-load", false));
+                    let Ok(answer) = grpc_unary(&client, grpc, body).await else { break };
+                    match answer.status.as_str() {
+                        "0" => {
+                            let dropped = answer.rejected_spans() as u64;
+                            accepted.fetch_add(20 - dropped, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        "14" => break, // UNAVAILABLE: stopping
+                        _ => continue,
+                    }
+                }
+            })
+        })
+        .collect();
     let clients: Vec<_> = (0..4u64)
         .map(|c| {
             let accepted = accepted.clone();
@@ -706,22 +732,31 @@ fn sigterm_under_load_exits_zero_and_the_books_balance() {
             .success()
     );
     let status = child.wait().unwrap();
-    for c in clients {
+    for c in clients.into_iter().chain(grpc_clients) {
         let _ = rt.block_on(c);
     }
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "exit {status:?}\n{stderr}");
+    // Three ways: the clients' acknowledged spans, the server's books (its metrics at exit), and
+    // `otelring sql` row counts.
     let books: Vec<&str> = stderr.lines().filter(|l| l.contains("otelring: books")).collect();
     assert_eq!(books.len(), 3, "{stderr}");
     assert!(books.iter().all(|l| l.ends_with(" balanced") && l.contains("in_flight=0")), "{books:#?}");
     let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
     assert!(accepted > 0, "the load ran");
-    let conn = otelring::store::sql::open_read_only(dir.path()).unwrap();
-    let rows: i64 = conn.query_row("SELECT count(*) FROM spans", [], |r| r.get(0)).unwrap();
-    assert_eq!(rows as u64, accepted, "every acknowledged span is in SQLite, nothing more");
     let traces_line = books.iter().find(|l| l.contains("books traces")).unwrap();
     assert!(traces_line.contains(&format!("persisted={accepted} ")), "{traces_line}");
+    let sql = std::process::Command::new(crate::util::server_bin())
+        .args(["sql", "--json", "--data-dir"])
+        .arg(dir.path())
+        .arg("SELECT count(*) AS n, count(DISTINCT trace_id) AS t, sum(service_name = 'grpc-load') AS g FROM spans")
+        .output()
+        .unwrap();
+    assert!(sql.status.success(), "{}", String::from_utf8_lossy(&sql.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&sql.stdout).unwrap();
+    assert_eq!(v[0]["n"].as_u64(), Some(accepted), "every acknowledged span is in SQLite, nothing more: {v}");
+    assert!(v[0]["g"].as_u64().unwrap_or(0) > 0, "the gRPC clients' spans are stored too: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -226,7 +226,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// An ExportTraceServiceRequest of `traces` traces × `spans` spans numbered from `first` (trace
 /// id = the number, big-endian, so its hex is `{first:032x}`); `error_first` makes the last span
 /// of the first trace an ERROR (priority) span.
-fn proto_traces(first: u64, traces: u64, spans: u64, service: &str, error_first: bool) -> Vec<u8> {
+pub(crate) fn proto_traces(first: u64, traces: u64, spans: u64, service: &str, error_first: bool) -> Vec<u8> {
     let mut all = Vec::new();
     for t in first..first + traces {
         for i in 0..spans {
@@ -266,7 +266,7 @@ fn proto_traces(first: u64, traces: u64, spans: u64, service: &str, error_first:
 }
 
 /// A gRPC length-prefixed message.
-fn framed(message: &[u8]) -> Vec<u8> {
+pub(crate) fn framed(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 5);
     otelring::otlp::grpc_frame::encode_frame(false, message, &mut out);
     out
@@ -274,15 +274,15 @@ fn framed(message: &[u8]) -> Vec<u8> {
 
 /// The answer to one unary gRPC call: `grpc-status`, headers and trailers, the response message.
 #[derive(Debug)]
-struct GrpcAnswer {
-    status: String,
+pub(crate) struct GrpcAnswer {
+    pub(crate) status: String,
     meta: http::HeaderMap,
     message: Vec<u8>,
 }
 
 impl GrpcAnswer {
     /// `rejected_spans` of the response's partial success (0 when there is none).
-    fn rejected_spans(&self) -> i64 {
+    pub(crate) fn rejected_spans(&self) -> i64 {
         let m = self.message.get(5..).unwrap_or_default();
         ExportTraceServiceResponse::decode(m)
             .ok()
@@ -291,7 +291,7 @@ impl GrpcAnswer {
     }
 }
 
-async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+pub(crate) async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
@@ -302,7 +302,7 @@ async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
 }
 
 /// One unary call on an open h2 connection; `body` is sent whole (already framed).
-async fn grpc_unary(
+pub(crate) async fn grpc_unary(
     client: &h2::client::SendRequest<Bytes>,
     addr: SocketAddr,
     body: Vec<u8>,
