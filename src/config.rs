@@ -20,10 +20,12 @@ pub const DEFAULT_MAX_BYTES: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_SOFT_THRESHOLD: f64 = 0.9;
 pub const DEFAULT_WRITER_MAX_ROWS: usize = 20_000;
 pub const DEFAULT_WRITER_MAX_DELAY: Duration = Duration::from_millis(50);
-/// Niceness of the writer threads (`INGEST_WRITER_NICE`): below the request path, so a decode or
-/// an answer preempts a commit instead of queueing behind it on a busy machine (Export p99 at
-/// 75k spans/s on 2 cores: 7.3 ms at 0, 4.9 ms at 10; docs/PERFORMANCE.md).
-pub const DEFAULT_WRITER_NICE: i32 = 10;
+/// Niceness of the writer threads (`INGEST_WRITER_NICE`). 0 by default: at 10 a decode or an
+/// answer preempts a commit, which cut Export p50 by a third on a dedicated 2-core machine, but
+/// the writers then also yield to every other process, and beside one CPU-bound neighbour they
+/// fell behind and shed 6–61% of healthy data at 200k spans/s where niceness 0 shed none
+/// (docs/PERFORMANCE.md). For dedicated hosts only.
+pub const DEFAULT_WRITER_NICE: i32 = 0;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A setting that failed validation; the message names the variable.
@@ -933,7 +935,8 @@ mod cli {
         #[arg(long = "async-enabled", env = "INGEST_ASYNC_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
         pub async_enabled: bool,
         /// Niceness of the writer threads, 0..=19 (0: as started). Above 0 a decode or an answer
-        /// preempts a commit on a busy machine.
+        /// preempts a commit (lower latency on a dedicated host; writers starve beside other
+        /// CPU-bound processes).
         #[arg(long, env = "INGEST_WRITER_NICE", default_value_t = DEFAULT_WRITER_NICE)]
         pub writer_nice: i32,
     }

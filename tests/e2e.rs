@@ -723,14 +723,7 @@ fn sigterm_under_load_exits_zero_and_the_books_balance() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::util::sigterm(child.id());
     let status = child.wait().unwrap();
     for c in clients.into_iter().chain(grpc_clients) {
         let _ = rt.block_on(c);
@@ -851,7 +844,7 @@ async fn idle_grpc_connections_are_closed_after_the_keepalive_idle_time() {
 // Hostile input over both transports (issue 7): each gets its 4xx / gRPC code, the server stays
 // up, and valid traffic sent alongside is persisted completely.
 
-fn varint(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn varint(mut v: u64, out: &mut Vec<u8>) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -860,7 +853,7 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
 }
 
 /// A length-delimited field.
-fn ld(field: u32, body: &[u8]) -> Vec<u8> {
+pub(crate) fn ld(field: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 8);
     varint(u64::from(field << 3 | 2), &mut out);
     varint(body.len() as u64, &mut out);
@@ -1038,14 +1031,7 @@ fn bench_discard_stores_nothing_warns_and_counts_every_item_as_persisted() {
             assert_eq!(resp.bytes().await.unwrap().as_ref(), b"{}");
         }
     });
-    assert!(
-        std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::util::sigterm(child.id());
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();

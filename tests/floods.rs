@@ -134,8 +134,7 @@ impl Server {
 
     /// SIGTERM; waits for the exit (60 s at most); the exit must be 0 and the books balance.
     fn stop(mut self) -> Stopped {
-        let ok = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status().unwrap();
-        assert!(ok.success());
+        crate::util::sigterm(self.pid());
         let end = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -1593,22 +1592,7 @@ impl RssSampler {
     }
 }
 
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A length-delimited protobuf field.
-fn ld(field: u32, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 8);
-    varint(u64::from(field << 3 | 2), &mut out);
-    varint(body.len() as u64, &mut out);
-    out.extend_from_slice(body);
-    out
-}
+use crate::e2e::{ld, varint};
 
 /// An ExportTraceServiceRequest of one span carrying `attributes` (encoded KeyValues, field 9).
 fn span_with(attributes: &[u8]) -> Vec<u8> {

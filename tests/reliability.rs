@@ -139,7 +139,7 @@ fn kill_9_under_load_five_times_leaves_sound_shards_that_restart() {
             .as_u16()
     });
     assert_eq!(status, 200);
-    assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+    crate::util::sigterm(child.id());
     assert!(child.wait().unwrap().success());
     integrity_ok(dir.path(), 2);
 }
@@ -273,7 +273,7 @@ fn overload_sheds_healthy_data_keeps_every_acknowledged_priority_trace_and_stays
         dropped.load(Ordering::SeqCst) + throttled.load(Ordering::SeqCst) > 0,
         "the load overloaded the server (soft zone or full)"
     );
-    assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+    crate::util::sigterm(child.id());
     assert!(child.wait().unwrap().success());
     let conn = otelring::store::sql::open_read_only(dir.path()).unwrap();
     let acked = acked_priority.lock().unwrap().clone();

@@ -323,3 +323,9 @@ pub fn server_bin() -> std::path::PathBuf {
         _ => std::path::PathBuf::from(env!("CARGO_BIN_EXE_otelring")),
     }
 }
+
+/// Sends SIGTERM to process `pid` (the graceful stop), asserting it was delivered.
+pub fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid}: {status:?}");
+}
