@@ -229,11 +229,11 @@ impl Drop for Pipeline {
     }
 }
 
-/// Which core each writer is pinned to (DESIGN 1.6 `INGEST_PIPELINE_PIN`).
-/// Runs the calling (writer) thread at niceness `nice` (1..=19), below the request path: on a
-/// machine without spare cores a decode or an answer then preempts a commit instead of waiting
-/// for its time slice (the writers catch up in the next group; admission bounds what waits).
-/// Linux niceness is per thread. Failure only costs latency, so it is logged, not fatal.
+/// Runs the calling (writer) thread at niceness `nice` (1..=19, `INGEST_WRITER_NICE`), below the
+/// request path: on a machine without spare cores a decode or an answer then preempts a commit
+/// instead of waiting for its time slice. The writers also yield to every other process then, so
+/// it is off by default (docs/PERFORMANCE.md). Linux niceness is per thread. Failure only costs
+/// latency, so it is logged, not fatal.
 #[cfg(all(feature = "server", target_os = "linux", not(otelring_loom)))]
 fn lower_priority(shard: usize, nice: i32) {
     use thread_priority::{ThreadPriority, ThreadPriorityValue, set_current_thread_priority};
@@ -254,12 +254,14 @@ fn lower_priority(_shard: usize, _nice: i32) {}
 /// `trunc(39 × (1 − p/99)) − 20` (in f32; `ThreadPriority::to_posix`): this is the p in the
 /// middle of the run of values that land on `nice`, away from the rounding edges (every niceness
 /// 1..=19 on a real thread is checked by `lower_priority_sets_the_calling_threads_niceness`).
+#[cfg(all(feature = "server", target_os = "linux", not(otelring_loom)))]
 fn crossplatform_for_nice(nice: i32) -> u8 {
     let lands = |p: u8| ((39.0_f32 * (1.0 - f32::from(p) / 99.0)) as i8 as i32) - 20;
     let hits: Vec<u8> = (0..=99u8).filter(|&p| lands(p) == nice).collect();
     hits.get(hits.len() / 2).copied().unwrap_or(if nice > 0 { 0 } else { 99 })
 }
 
+/// Which core each writer is pinned to (DESIGN 1.6 `INGEST_PIPELINE_PIN`).
 fn pin_plan(policy: &PinPolicy, shards: usize) -> Vec<Option<core_affinity::CoreId>> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     match policy {
