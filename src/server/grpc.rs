@@ -20,7 +20,7 @@
 
 use super::ingest::{Call, Compression, Ingest, inflate};
 use super::status::{Failure, bin_header, grpc_message, retry_info_bytes, status_proto, success_proto};
-use super::{ConnLimit, ServerLimits, tenant_of};
+use super::{ConnGuard, ConnLimit, ServerLimits, tenant_of};
 use crate::metrics::{RequestRejectReason, Transport};
 use crate::otlp::Encoding;
 use crate::otlp::grpc_frame;
@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 /// Per-stream flow-control window: 1 MiB lets a typical 300 KB–1 MB export arrive in one round
@@ -197,21 +197,54 @@ impl WarnEvery {
     }
 }
 
-/// Handles a failed accept: waits [`ACCEPT_BACKOFF`] (so a persistent error such as EMFILE does
-/// not spin a core) and warns at most once per [`WARN_INTERVAL`].
-pub async fn accept_failed(listener: &str, e: &std::io::Error, warn: &mut WarnEvery) {
-    if let Some(n) = warn.due() {
-        tracing::warn!(error = %e, "{listener}: accept failed ({n}x since the last warning); retrying every {ACCEPT_BACKOFF:?}");
-    }
-    tokio::time::sleep(ACCEPT_BACKOFF).await;
+/// One listener's accept step, shared by both listeners: the next connection that fits under
+/// the connection limit, with `TCP_NODELAY` set (without it a peer loses ~40 ms per call to
+/// delayed ACKs). A failed accept (EMFILE, ...) waits [`ACCEPT_BACKOFF`] so a persistent error
+/// does not spin a core; a connection over the limit is closed at once; both warn at most once per
+/// [`WARN_INTERVAL`]. Cancel-safe (no await between an accept and its return), so it can sit in a
+/// `select!` beside the shutdown signal.
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: &'static str,
+    conns: Arc<ConnLimit>,
+    accept_warn: WarnEvery,
+    limit_warn: WarnEvery,
 }
 
-/// Warns, at most once per [`WARN_INTERVAL`], that connections were refused at the limit.
-pub fn limit_reached(listener: &str, warn: &mut WarnEvery) {
-    if let Some(n) = warn.due() {
-        tracing::warn!(
-            "{listener} connection refused: connection limit reached ({n} refused since the last warning)"
-        );
+impl Acceptor {
+    pub fn new(listener: &'static str, conns: Arc<ConnLimit>) -> Self {
+        Self { listener, conns, accept_warn: WarnEvery::default(), limit_warn: WarnEvery::default() }
+    }
+
+    pub async fn next(&mut self, tcp: &TcpListener) -> (TcpStream, ConnGuard) {
+        loop {
+            let sock = match tcp.accept().await {
+                Ok((sock, _peer)) => sock,
+                Err(e) => {
+                    if let Some(n) = self.accept_warn.due() {
+                        tracing::warn!(
+                            error = %e,
+                            "{}: accept failed ({n}x since the last warning); retrying every {ACCEPT_BACKOFF:?}",
+                            self.listener
+                        );
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            match self.conns.try_enter() {
+                Some(guard) => return (sock, guard),
+                None => {
+                    if let Some(n) = self.limit_warn.due() {
+                        tracing::warn!(
+                            "{} connection refused: connection limit reached ({n} refused since the last warning)",
+                            self.listener
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -228,23 +261,10 @@ pub async fn serve(
     conns: Arc<ConnLimit>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (mut accept_warn, mut limit_warn) = (WarnEvery::default(), WarnEvery::default());
+    let mut acceptor = Acceptor::new("gRPC", conns);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let sock = match accepted {
-                    Ok((sock, _peer)) => sock,
-                    Err(e) => {
-                        accept_failed("gRPC", &e, &mut accept_warn).await;
-                        continue;
-                    }
-                };
-                // Without TCP_NODELAY a peer loses ~40 ms per call to delayed ACKs.
-                let _ = sock.set_nodelay(true);
-                let Some(guard) = conns.try_enter() else {
-                    limit_reached("gRPC", &mut limit_warn);
-                    continue;
-                };
+            (sock, guard) = acceptor.next(&listener) => {
                 let (ingest, limits, shutdown) = (ingest.clone(), limits.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     connection(sock, ingest, limits, shutdown).await;

@@ -12,7 +12,7 @@
 //! forever) and at stop, dropped [`super::grpc::GOAWAY_GRACE`] later when no request is in
 //! progress, and cut off when the client cancels more requests than its budget (rapid reset).
 
-use super::grpc::{ConnState, GOAWAY_GRACE, WarnEvery, accept_failed, limit_reached};
+use super::grpc::{Acceptor, ConnState, GOAWAY_GRACE};
 use super::ingest::{Call, Compression, Reservation, inflate};
 use super::status::{Failure, status_json, status_proto, success_json, success_proto};
 use super::{Shared, tenant_of};
@@ -56,22 +56,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
         .keep_alive_interval(Some(shared.limits.keepalive_idle))
         .keep_alive_timeout(Duration::from_secs(20));
     let mut connections = tokio::task::JoinSet::new();
-    let (mut accept_warn, mut limit_warn) = (WarnEvery::default(), WarnEvery::default());
+    let mut acceptor = Acceptor::new("HTTP", shared.conns.clone());
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let sock = match accepted {
-                    Ok((sock, _peer)) => sock,
-                    Err(e) => {
-                        accept_failed("HTTP", &e, &mut accept_warn).await;
-                        continue;
-                    }
-                };
-                let _ = sock.set_nodelay(true);
-                let Some(guard) = shared.conns.try_enter() else {
-                    limit_reached("HTTP", &mut limit_warn);
-                    continue;
-                };
+            (sock, guard) = acceptor.next(&listener) => {
                 let state = ConnState::new();
                 let s = shared.clone();
                 let st = state.clone();
