@@ -70,6 +70,14 @@ fn load(
         .collect()
 }
 
+/// Spans stored for trace `id` (hex) of the default tenant.
+fn spans_of_trace(conn: &rusqlite::Connection, id: &str) -> i64 {
+    conn.query_row("SELECT count(*) FROM spans WHERE tenant_id = 'default' AND trace_id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
 fn integrity_ok(dir: &Path, shards: usize) {
     for i in 0..shards {
         let path = dir.join(format!("otelring-{i}.db"));
@@ -109,13 +117,7 @@ fn kill_9_under_load_five_times_leaves_sound_shards_that_restart() {
         let mut lost = 0;
         for t in &acked {
             let id = format!("{t:032x}");
-            let c: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM spans WHERE tenant_id = 'default' AND trace_id = ?1",
-                    [&id],
-                    |r| r.get(0),
-                )
-                .unwrap();
+            let c: i64 = spans_of_trace(&conn, &id);
             lost += 20 - c;
         }
         eprintln!(
@@ -163,13 +165,7 @@ fn commit_mode_loses_nothing_acknowledged_on_kill_9() {
     let conn = otelring::store::sql::open_read_only(dir.path()).unwrap();
     for n in &acked {
         let id = format!("{n:032x}");
-        let c: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM spans WHERE tenant_id = 'default' AND trace_id = ?1",
-                [&id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let c: i64 = spans_of_trace(&conn, &id);
         assert_eq!(c, 20, "acknowledged trace {id} lost after kill -9 in commit mode");
     }
 }
@@ -279,13 +275,7 @@ fn overload_sheds_healthy_data_keeps_every_acknowledged_priority_trace_and_stays
     let acked = acked_priority.lock().unwrap().clone();
     for first in &acked {
         let id = format!("{first:032x}");
-        let n: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM spans WHERE tenant_id = 'default' AND trace_id = ?1",
-                [&id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let n: i64 = spans_of_trace(&conn, &id);
         assert_eq!(n, 5, "acknowledged priority trace {id} incomplete");
     }
     eprintln!(

@@ -34,6 +34,17 @@ fn db(dir: &Path, shard: usize) -> PathBuf {
     dir.join(store::shard_file_name(shard))
 }
 
+/// A row shard 0 refuses for good: a trigger aborts spans named "poison".
+fn add_poison_trigger(dir: &Path) {
+    Connection::open(db(dir, 0))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON spans WHEN NEW.name = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poison span'); END;",
+        )
+        .unwrap();
+}
+
 fn count(dir: &Path, shards: usize, sql: &str) -> i64 {
     (0..shards)
         .map(|i| {
@@ -462,14 +473,7 @@ fn a_poison_row_is_isolated_and_the_good_rows_land() {
     let (p, _faults, gauges) = {
         let stats = Arc::new(Stats::new());
         let st = Store::open(&scfg(dir.path()), 1, stats.clone()).unwrap();
-        // A row this database refuses for good: a trigger aborts spans named "poison".
-        Connection::open(db(dir.path(), 0))
-            .unwrap()
-            .execute_batch(
-                "CREATE TRIGGER poison BEFORE INSERT ON spans WHEN NEW.name = 'poison' \
-                 BEGIN SELECT RAISE(ABORT, 'poison span'); END;",
-            )
-            .unwrap();
+        add_poison_trigger(dir.path());
         let (f, g) = (st.faults(), st.gauges());
         let p = Pipeline::new(small_config(1, 256, 1 << 30), stats).unwrap();
         p.start(st.into_writers()).unwrap();
@@ -766,13 +770,7 @@ fn commit_mode_only_the_failing_request_gets_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let stats = Arc::new(Stats::new());
     let st = Store::open(&scfg(dir.path()), 1, stats.clone()).unwrap();
-    Connection::open(db(dir.path(), 0))
-        .unwrap()
-        .execute_batch(
-            "CREATE TRIGGER poison BEFORE INSERT ON spans WHEN NEW.name = 'poison' \
-             BEGIN SELECT RAISE(ABORT, 'poison span'); END;",
-        )
-        .unwrap();
+    add_poison_trigger(dir.path());
     let cfg = PipelineConfig { commit_mode: true, ..small_config(1, 256, 1 << 30) };
     let p = Pipeline::new(cfg, stats).unwrap();
     // Queue both before the writer starts, so they share one group (group commit).
