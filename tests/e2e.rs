@@ -862,7 +862,7 @@ pub(crate) fn ld(field: u32, body: &[u8]) -> Vec<u8> {
 }
 
 /// An `AnyValue` nested `depth` arrays deep, built without recursion.
-fn nested_any_value(depth: usize) -> Vec<u8> {
+pub(crate) fn nested_any_value(depth: usize) -> Vec<u8> {
     let inner = ld(1, b"x"); // AnyValue { string_value: "x" }
     // Sizes from the inside out: ArrayValue { values: AnyValue } then AnyValue { array_value }.
     let mut prefixes: Vec<Vec<u8>> = Vec::with_capacity(depth);
@@ -896,7 +896,7 @@ fn request_with_attributes(attributes: &[u8], trace_id: &[u8]) -> Vec<u8> {
     ld(1, &ld(2, &ld(2, &span)))
 }
 
-fn attribute(key: &str, value: &[u8]) -> Vec<u8> {
+pub(crate) fn attribute(key: &str, value: &[u8]) -> Vec<u8> {
     let mut kv = ld(1, key.as_bytes());
     kv.extend(ld(2, value));
     ld(9, &kv)

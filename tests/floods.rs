@@ -1592,7 +1592,7 @@ impl RssSampler {
     }
 }
 
-use crate::e2e::{ld, varint};
+use crate::e2e::{attribute, ld, nested_any_value, varint};
 
 /// An ExportTraceServiceRequest of one span carrying `attributes` (encoded KeyValues, field 9).
 fn span_with(attributes: &[u8]) -> Vec<u8> {
@@ -1606,30 +1606,8 @@ fn span_with(attributes: &[u8]) -> Vec<u8> {
 /// The hostile requests, each with the answer it must get: (name, HTTP status, gRPC code,
 /// content encoding, protobuf body).
 fn hostile() -> Vec<(&'static str, u16, &'static str, bool, Vec<u8>)> {
-    // AnyValue { array_value (5): ArrayValue { values (1): [AnyValue ...] } } nested 200,000
-    // deep: the prefixes are computed inside out, then written outside in (linear, no recursion).
-    let inner = ld(1, b"x");
-    let mut len = inner.len() as u64;
-    let mut prefixes = Vec::with_capacity(200_000);
-    for _ in 0..200_000 {
-        let mut array = Vec::new();
-        varint(u64::from(1u32 << 3 | 2), &mut array);
-        varint(len, &mut array);
-        let mut p = Vec::new();
-        varint(u64::from(5u32 << 3 | 2), &mut p);
-        varint(array.len() as u64 + len, &mut p);
-        p.extend_from_slice(&array);
-        len += p.len() as u64;
-        prefixes.push(p);
-    }
-    let mut deep = Vec::with_capacity(len as usize);
-    for p in prefixes.iter().rev() {
-        deep.extend_from_slice(p);
-    }
-    deep.extend_from_slice(&inner);
-    let mut kv = ld(1, b"deep");
-    kv.extend(ld(2, &deep));
-    let deep = span_with(&ld(9, &kv));
+    // AnyValue { array_value: ArrayValue { values: [AnyValue ...] } } nested 200,000 deep.
+    let deep = span_with(&attribute("deep", &nested_any_value(200_000)));
     let mut many = Vec::with_capacity(9_000_000);
     for i in 0..1_000_000u32 {
         let mut kv = ld(1, b"a");
