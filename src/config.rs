@@ -203,10 +203,23 @@ pub const DEFAULT_DLQ_MAX_FILES: u64 = 1000;
 pub const DEFAULT_DLQ_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// Default `OTELRING_RETENTION` (DESIGN 1.6): rows older than 7 days (by `ingested_at`) go.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// Default `OTELRING_SEGMENT_MAX_BYTES`: a shard's active segment is sealed and a new one started
+/// once its file reaches this size. It bounds every random-keyed index of the active segment
+/// (span keys, trace rows, logs by trace), so an insert costs the same in the hundredth segment
+/// as in the first (measured in docs/PERFORMANCE.md, "Steady state").
+pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Default `OTELRING_SEGMENT_MAX_AGE`: a segment that has been active this long is sealed too,
+/// so a slow shard still gets time-bounded segments that retention can drop whole.
+pub const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_secs(15 * 60);
 /// `DLQ_PATH` defaults to this directory inside the data directory.
 pub const DEFAULT_DLQ_DIR_NAME: &str = "dlq";
 /// Default `OTELRING_DATA_DIR`.
 pub const DEFAULT_DATA_DIR: &str = "./data";
+
+/// Smallest `OTELRING_SEGMENT_MAX_BYTES`: below this a segment holds less than one group.
+pub const MIN_SEGMENT_BYTES: u64 = 1024 * 1024;
+/// Smallest `OTELRING_SEGMENT_MAX_AGE`.
+pub const MIN_SEGMENT_AGE: Duration = Duration::from_secs(1);
 
 /// The SQLite store's settings (DESIGN 1.3, 1.4, 1.6).
 #[derive(Clone, Debug, PartialEq)]
@@ -221,6 +234,13 @@ pub struct StoreConfig {
     pub dlq_max_bytes: u64,
     /// `OTELRING_RETENTION`: age limit by `ingested_at`; zero keeps everything.
     pub retention: Duration,
+    /// `OTELRING_RETENTION_BYTES`: size limit of the data directory's segments over all shards
+    /// (each shard keeps at most its share); the oldest sealed segments go first. 0: no limit.
+    pub retention_bytes: u64,
+    /// `OTELRING_SEGMENT_MAX_BYTES`: the active segment is sealed at this file size.
+    pub segment_max_bytes: u64,
+    /// `OTELRING_SEGMENT_MAX_AGE`: ... or after being active this long.
+    pub segment_max_age: Duration,
     /// `synchronous=FULL` instead of `NORMAL`: every commit is fsynced before it is reported, so
     /// a power loss cannot take back what a commit-mode client was told is stored. Set from
     /// commit mode (`INGEST_ASYNC_ENABLED=false`); async mode keeps DESIGN 1.4's `NORMAL`.
@@ -243,6 +263,9 @@ impl StoreConfig {
             dlq_max_files: DEFAULT_DLQ_MAX_FILES,
             dlq_max_bytes: DEFAULT_DLQ_MAX_BYTES,
             retention: DEFAULT_RETENTION,
+            retention_bytes: 0,
+            segment_max_bytes: DEFAULT_SEGMENT_MAX_BYTES,
+            segment_max_age: DEFAULT_SEGMENT_MAX_AGE,
             durable_commits: false,
         }
     }
@@ -260,6 +283,12 @@ impl StoreConfig {
         }
         if self.dlq_max_bytes == 0 {
             return Err(ConfigError::new("DLQ_MAX_BYTES", "must be at least 1"));
+        }
+        if self.segment_max_bytes < MIN_SEGMENT_BYTES {
+            return Err(ConfigError::new("OTELRING_SEGMENT_MAX_BYTES", "must be at least 1MiB"));
+        }
+        if self.segment_max_age < MIN_SEGMENT_AGE {
+            return Err(ConfigError::new("OTELRING_SEGMENT_MAX_AGE", "must be at least 1s"));
         }
         Ok(())
     }
@@ -769,6 +798,26 @@ mod cli {
         /// Directory of the shard files.
         #[arg(long, env = "OTELRING_DATA_DIR", default_value = "./data")]
         pub data_dir: PathBuf,
+        /// Only rows ingested at or after this: a duration ago (`30m`, `2h`, `7d`) or unix
+        /// nanoseconds. Segments entirely before it are not opened.
+        #[arg(long, value_parser = parse_instant)]
+        pub since: Option<i64>,
+        /// Only rows ingested at or before this (same forms as --since).
+        #[arg(long, value_parser = parse_instant)]
+        pub until: Option<i64>,
+    }
+
+    /// `--since` / `--until`: unix nanoseconds, or a duration before now.
+    pub fn parse_instant(s: &str) -> Result<i64, String> {
+        if let Ok(ns) = s.trim().parse::<i64>() {
+            return Ok(ns);
+        }
+        let ago = parse_duration(s)
+            .map_err(|_| format!("expected unix nanoseconds or a duration like 30m, got {s:?}"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        Ok(now.saturating_sub(i64::try_from(ago.as_nanos()).unwrap_or(i64::MAX)))
     }
 
     /// Network and decoding settings of `otelring serve` (DESIGN 1.5, 1.6).
@@ -883,6 +932,16 @@ mod cli {
         /// Age limit of stored rows by ingest time (e.g. 7d, 12h); 0 keeps everything.
         #[arg(long, env = "OTELRING_RETENTION", default_value = "7d", value_parser = parse_duration)]
         pub retention: Duration,
+        /// Size limit of the data directory's segments (bytes or KiB/MiB/GiB); the oldest sealed
+        /// segments are dropped first. 0: no limit.
+        #[arg(long, env = "OTELRING_RETENTION_BYTES", default_value = "0", value_parser = parse_size)]
+        pub retention_bytes: u64,
+        /// A shard's active segment is sealed and a new one started at this file size.
+        #[arg(long, env = "OTELRING_SEGMENT_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+        pub segment_max_bytes: u64,
+        /// ... or after it has been active this long (e.g. 15m).
+        #[arg(long, env = "OTELRING_SEGMENT_MAX_AGE", default_value = "15m", value_parser = parse_duration)]
+        pub segment_max_age: Duration,
     }
 
     impl StoreArgs {
@@ -895,6 +954,9 @@ mod cli {
             cfg.dlq_max_files = self.dlq_max_files;
             cfg.dlq_max_bytes = self.dlq_max_bytes;
             cfg.retention = self.retention;
+            cfg.retention_bytes = self.retention_bytes;
+            cfg.segment_max_bytes = self.segment_max_bytes;
+            cfg.segment_max_age = self.segment_max_age;
             cfg.validate()?;
             Ok(cfg)
         }

@@ -53,7 +53,14 @@ fn try_main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         Some(Command::Sql(args)) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            otelring::store::sql::run(&cli.pipeline.data_dir, &args.query, args.json, &mut out)?;
+            let window = otelring::store::sql::Window { since: args.since, until: args.until };
+            otelring::store::sql::run_window(
+                &cli.pipeline.data_dir,
+                window,
+                &args.query,
+                args.json,
+                &mut out,
+            )?;
             std::io::Write::flush(&mut out)?;
             Ok(ExitCode::SUCCESS)
         }

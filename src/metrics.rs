@@ -368,6 +368,29 @@ pub trait LiveGauges: Send + Sync {
     fn dlq_evicted_files(&self) -> u64 {
         0
     }
+    /// Segment values of every shard, indexed by shard.
+    fn segments(&self) -> Vec<SegmentValues> {
+        Vec::new()
+    }
+}
+
+/// One shard's segment values (DESIGN 1.4 revised), read at scrape time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentValues {
+    /// Segments of the shard (active included) and their bytes on disk (files + WAL).
+    pub segments: u64,
+    pub data_bytes: u64,
+    pub active_bytes: u64,
+    /// Counters: segments dropped by retention for age / for the size limit, their bytes and rows.
+    pub dropped_age: u64,
+    pub dropped_bytes_limit: u64,
+    pub dropped_bytes: u64,
+    pub dropped_rows: u64,
+    /// Counter: rotations; gauge: the longest writer pause one caused (ns).
+    pub rotations: u64,
+    pub rotation_max_pause_ns: u64,
+    /// Counter: spans not stored again because the previous segment holds them.
+    pub prev_segment_duplicates: u64,
 }
 
 /// [`LiveGauges`] of a server with no store or budget: everything 0.
@@ -901,6 +924,71 @@ impl Collector for LiveCollector {
             "DLQ files evicted from a full DLQ (their items count as lost)",
             one(live.dlq_evicted_files()),
         )?;
+
+        // Segments, per shard (every shard from start, at 0 until the store reports).
+        let segs = live.segments();
+        let seg = |i: usize| segs.get(i).copied().unwrap_or_default();
+        let per_shard_g = |f: &dyn Fn(SegmentValues) -> u64| -> Vec<(Vec<(&str, &str)>, i64)> {
+            shard_names.iter().enumerate().map(|(i, n)| (vec![("shard", n.as_str())], g(f(seg(i))))).collect()
+        };
+        gauge(e, "store_segments", "Segments of the shard (active included)", per_shard_g(&|v| v.segments))?;
+        gauge(
+            e,
+            "store_data_bytes",
+            "Bytes of the shard's segments on disk (files and WAL)",
+            per_shard_g(&|v| v.data_bytes),
+        )?;
+        gauge(
+            e,
+            "store_active_segment_bytes",
+            "Bytes of the shard's active segment",
+            per_shard_g(&|v| v.active_bytes),
+        )?;
+        let sum = |f: &dyn Fn(SegmentValues) -> u64| segs.iter().map(|v| f(*v)).sum::<u64>();
+        counter(
+            e,
+            "store_retention_dropped_segments",
+            "Segments dropped by retention (reason: age = OTELRING_RETENTION, bytes = OTELRING_RETENTION_BYTES)",
+            [
+                (vec![("reason", "age")], sum(&|v| v.dropped_age)),
+                (vec![("reason", "bytes")], sum(&|v| v.dropped_bytes_limit)),
+            ],
+        )?;
+        counter(
+            e,
+            "store_retention_dropped_bytes",
+            "Bytes of the segments dropped by retention",
+            one(sum(&|v| v.dropped_bytes)),
+        )?;
+        counter(
+            e,
+            "store_retention_dropped_rows",
+            "Rows of the segments dropped by retention",
+            one(sum(&|v| v.dropped_rows)),
+        )?;
+        counter(
+            e,
+            "store_segment_rotations",
+            "Active segments sealed and replaced",
+            one(sum(&|v| v.rotations)),
+        )?;
+        {
+            let pause = segs.iter().map(|v| v.rotation_max_pause_ns).max().unwrap_or(0) as f64 / 1e9;
+            let mut m = e.encode_descriptor(
+                "store_rotation_max_pause_seconds",
+                "Longest pause a segment rotation caused a writer",
+                None,
+                MetricType::Gauge,
+            )?;
+            let none: &Labels = &[];
+            m.encode_family(&none)?.encode_gauge(&pause)?;
+        }
+        counter(
+            e,
+            "store_prev_segment_duplicate_spans",
+            "Spans not stored again because the previous segment holds them (retries across a rotation)",
+            one(sum(&|v| v.prev_segment_duplicates)),
+        )?;
         Ok(())
     }
 }
@@ -1067,6 +1155,25 @@ mod tests {
         // The fake store reports 3 WAL files (the fake pipeline 2 shards): all 3 are exported.
         for shard in ["0", "1", "2"] {
             out.push(key("otelring_wal_bytes", &[("shard", shard)]));
+            for n in [
+                "otelring_store_segments",
+                "otelring_store_data_bytes",
+                "otelring_store_active_segment_bytes",
+            ] {
+                out.push(key(n, &[("shard", shard)]));
+            }
+        }
+        for r in ["age", "bytes"] {
+            out.push(key("otelring_store_retention_dropped_segments_total", &[("reason", r)]));
+        }
+        for n in [
+            "otelring_store_retention_dropped_bytes_total",
+            "otelring_store_retention_dropped_rows_total",
+            "otelring_store_segment_rotations_total",
+            "otelring_store_rotation_max_pause_seconds",
+            "otelring_store_prev_segment_duplicate_spans_total",
+        ] {
+            out.push(n.to_string());
         }
         out
     }

@@ -1267,7 +1267,9 @@ fn long_reader_never_blocks_ingest_and_the_wal_is_reset_once_it_ends() {
     let data = root.path().join("data");
     // One shard, so the reader's shard takes all the load; the clients pause 2 ms after each
     // answer, which keeps the WAL growth (and this test's disk writes) moderate.
-    let server = Server::start(&data, &["--workers", "1"]);
+    // One segment for the whole test: the WAL limits are what it checks, not rotation (a
+    // 256 MiB segment would rotate before its WAL passed the 256 MiB TRUNCATE limit).
+    let server = Server::start(&data, &["--workers", "1", "--segment-max-bytes", "16GiB"]);
     let rt = runtime();
     let shape = Shape { trace_clients: 1, log_clients: 1, pause: Duration::from_millis(2) };
     let load = Load::start(&rt, &server, 6_000_000_000, shape);

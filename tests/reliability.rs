@@ -78,13 +78,25 @@ fn spans_of_trace(conn: &rusqlite::Connection, id: &str) -> i64 {
     .unwrap()
 }
 
-fn integrity_ok(dir: &Path, shards: usize) {
+/// Every segment file of every shard and the catalog pass `PRAGMA integrity_check`, and every
+/// shard has its first segment; returns how many segment files there are.
+fn integrity_ok(dir: &Path, shards: usize) -> usize {
+    let mut files = vec![dir.join(otelring::store::catalog::CATALOG_FILE)];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if otelring::store::segment::parse_segment_file_name(&name).is_some() {
+            files.push(e.path());
+        }
+    }
     for i in 0..shards {
-        let path = dir.join(format!("otelring-{i}.db"));
-        let conn = rusqlite::Connection::open(&path).unwrap();
+        assert!(files.iter().any(|f| f.ends_with(format!("otelring-{i}.db"))), "shard {i}'s first segment");
+    }
+    for path in &files {
+        let conn = rusqlite::Connection::open(path).unwrap();
         let r: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
         assert_eq!(r, "ok", "{}", path.display());
     }
+    files.len() - 1
 }
 
 fn kill9(child: &mut Child) {
@@ -92,12 +104,17 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// 8 MiB segments: the load rotates them several times a second, so the kills land before,
+/// during and after rotations (a spare prepared, the catalog switched, a sealed segment still
+/// being checkpointed and closed).
+const CRASH_SEGMENT_ENV: [(&str, &str); 1] = [("OTELRING_SEGMENT_MAX_BYTES", "8MiB")];
+
 #[test]
 fn kill_9_under_load_five_times_leaves_sound_shards_that_restart() {
     let dir = tempfile::tempdir().unwrap();
     let spans_before_last = Arc::new(AtomicU64::new(0));
     for round in 0..5u64 {
-        let (mut child, http) = spawn(dir.path(), &[]);
+        let (mut child, http) = spawn(dir.path(), &CRASH_SEGMENT_ENV);
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
         let clients = load(http, round * 10_000_000, stop.clone(), acked.clone());
@@ -108,7 +125,8 @@ fn kill_9_under_load_five_times_leaves_sound_shards_that_restart() {
             let _ = c.join();
         }
         assert!(!acked.lock().unwrap().is_empty(), "round {round}: the load ran");
-        integrity_ok(dir.path(), 2);
+        let segments = integrity_ok(dir.path(), 2);
+        eprintln!("round {round}: {segments} segment files");
         let conn = otelring::store::sql::open_read_only(dir.path()).unwrap();
         let n: i64 = conn.query_row("SELECT count(*) FROM spans", [], |r| r.get(0)).unwrap();
         assert!(n as u64 >= spans_before_last.load(Ordering::SeqCst), "committed rows never disappear");
@@ -126,8 +144,10 @@ fn kill_9_under_load_five_times_leaves_sound_shards_that_restart() {
         );
         spans_before_last.store(n as u64, Ordering::SeqCst);
     }
+    // Rotations happened under the kills (more segments than the 2 first ones).
+    assert!(integrity_ok(dir.path(), 2) > 2, "the load rotated segments");
     // A sixth start accepts traffic and stops cleanly.
-    let (mut child, http) = spawn(dir.path(), &[]);
+    let (mut child, http) = spawn(dir.path(), &CRASH_SEGMENT_ENV);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let status = rt.block_on(async {
         reqwest::Client::new()
@@ -284,4 +304,70 @@ fn overload_sheds_healthy_data_keeps_every_acknowledged_priority_trace_and_stays
         dropped.load(Ordering::SeqCst),
         throttled.load(Ordering::SeqCst)
     );
+}
+
+/// A client retry that reaches the release binary after its segment rotated (age limit 1 s):
+/// the spans are not stored again, and neither is the ERROR log made from the failed span.
+#[test]
+fn a_retry_that_crosses_a_rotation_is_stored_once_with_one_error_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, http) = spawn(dir.path(), &[("OTELRING_SEGMENT_MAX_AGE", "1s")]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let first = 7_000_000_000u64;
+    let (rotations, dups) = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let post = || async {
+            let r = client
+                .post(format!("http://{http}/v1/traces"))
+                .header("content-type", "application/json")
+                .body(mixed_request(first))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            assert_eq!(r.text().await.unwrap(), "{}");
+        };
+        let metric = |name: &'static str| {
+            let client = client.clone();
+            async move {
+                let text =
+                    client.get(format!("http://{http}/metrics")).send().await.unwrap().text().await.unwrap();
+                text.lines()
+                    .filter(|l| l.starts_with(name))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>()
+            }
+        };
+        post().await;
+        // Every shard that holds a trace of the request rotates once its segment is 1 s old.
+        let t = std::time::Instant::now();
+        while metric("otelring_store_segment_rotations_total").await < 1.0 {
+            assert!(t.elapsed() < Duration::from_secs(20), "no rotation within 20 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        post().await;
+        let t = std::time::Instant::now();
+        while metric("otelring_ingest_persisted_items_total{signal=\"traces\"").await < 100.0 {
+            assert!(t.elapsed() < Duration::from_secs(20), "the retry was not committed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (
+            metric("otelring_store_segment_rotations_total").await,
+            metric("otelring_store_prev_segment_duplicate_spans_total").await,
+        )
+    });
+    crate::util::sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+    assert!(rotations >= 1.0);
+    assert_eq!(dups, 50.0, "every span of the retry was found in the previous segment");
+    let conn = otelring::store::sql::open_read_only(dir.path()).unwrap();
+    let spans: i64 = conn.query_row("SELECT count(*) FROM spans", [], |r| r.get(0)).unwrap();
+    assert_eq!(spans, 50, "the retry stored no span twice");
+    let logs: i64 = conn
+        .query_row("SELECT count(*) FROM logs WHERE trace_id = ?1", [format!("{first:032x}")], |r| r.get(0))
+        .unwrap();
+    assert_eq!(logs, 1, "one ERROR log for the failed span, not one per delivery");
+    let traces: i64 = conn.query_row("SELECT count(*) FROM traces", [], |r| r.get(0)).unwrap();
+    assert_eq!(traces, 10, "one logical row per trace across the segments");
 }

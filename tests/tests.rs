@@ -7,5 +7,6 @@ mod faults;
 mod floods;
 mod pipeline;
 mod reliability;
+mod segments;
 mod store;
 mod util;

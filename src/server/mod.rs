@@ -274,6 +274,24 @@ impl crate::metrics::LiveGauges for Live {
     fn dlq_replayed_items(&self) -> u64 {
         self.shards.iter().map(|g| g.dlq_replayed_items.load(Ordering::Relaxed)).sum()
     }
+    fn segments(&self) -> Vec<crate::metrics::SegmentValues> {
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        self.shards
+            .iter()
+            .map(|g| crate::metrics::SegmentValues {
+                segments: r(&g.segments),
+                data_bytes: r(&g.data_bytes),
+                active_bytes: r(&g.active_segment_bytes),
+                dropped_age: r(&g.retention_segments_age),
+                dropped_bytes_limit: r(&g.retention_segments_bytes),
+                dropped_bytes: r(&g.retention_dropped_bytes),
+                dropped_rows: r(&g.retention_deleted_rows),
+                rotations: r(&g.rotations),
+                rotation_max_pause_ns: r(&g.rotation_max_pause_ns),
+                prev_segment_duplicates: r(&g.prev_segment_duplicates),
+            })
+            .collect()
+    }
 }
 
 /// Assembles the shared server state around a started pipeline and its store's gauges.

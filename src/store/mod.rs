@@ -4,9 +4,11 @@
 //!
 //! Layout of a data directory:
 //! ```text
-//! <data dir>/otelring.shards     the shard count, written once when the directory is created
-//! <data dir>/otelring-<i>.db     shard i (+ -wal, -shm), owned by writer thread i
-//! <DLQ_PATH>/shard-<ii>-<id>.dlq dead letters of shard i; corrupt/ and poison/ beside them
+//! <data dir>/otelring.shards         the shard count, written once when the directory is created
+//! <data dir>/otelring.catalog        the segments of every shard with their time ranges (SQLite)
+//! <data dir>/otelring-<i>.db         shard i's first segment (+ -wal, -shm)
+//! <data dir>/otelring-<i>.<n>.db     shard i's segment n (n = 000001, ...), owned by writer i
+//! <DLQ_PATH>/shard-<ii>-<id>.dlq     dead letters of shard i; corrupt/ and poison/ beside them
 //! ```
 //!
 //! Use from the server:
@@ -30,12 +32,14 @@
 //! SQLite runs on the writer threads only: [`Store::open`] opens and migrates the files on the
 //! calling thread at start-up (before any request), then each connection moves to its writer.
 
+pub mod catalog;
 pub mod dlq;
 pub mod schema;
+pub mod segment;
 pub mod shard;
 pub mod sql;
 
-pub use shard::{ShardWriter, is_permanent, shard_file_name};
+pub use shard::{SegmentLimits, ShardWriter, is_permanent, shard_file_name};
 
 use crate::config::StoreConfig;
 use crate::pipeline::batch::Signal;
@@ -106,8 +110,22 @@ pub struct ShardGauges {
     pub dlq_replay_failures: AtomicU64,
     /// Units (trace groups, log records, points) isolated as poison.
     pub poison_units: AtomicU64,
-    /// Rows deleted by retention.
+    /// Rows dropped by retention (with their segments).
     pub retention_deleted_rows: AtomicU64,
+    /// Segments dropped by retention for their age / for the size limit, and their bytes.
+    pub retention_segments_age: AtomicU64,
+    pub retention_segments_bytes: AtomicU64,
+    pub retention_dropped_bytes: AtomicU64,
+    /// Segments of the shard (active included) and the bytes they take (file + WAL).
+    pub segments: AtomicU64,
+    pub data_bytes: AtomicU64,
+    pub active_segment_bytes: AtomicU64,
+    /// Rotations, and the longest pause one caused the writer (ns).
+    pub rotations: AtomicU64,
+    pub rotation_max_pause_ns: AtomicU64,
+    /// Spans not stored again because the previous segment holds them (retries across a
+    /// rotation).
+    pub prev_segment_duplicates: AtomicU64,
 }
 
 /// Failure injection for tests (a hook that fails on demand); inert unless armed. Shared by all
@@ -284,12 +302,18 @@ impl Store {
         let mut writers = Vec::with_capacity(shards);
         let mut gauges = Vec::with_capacity(shards);
         let mut total = dlq::Recovered::default();
+        let hasher = std::hash::RandomState::new();
+        let n_shards = shards.max(1) as u64;
+        let limits = SegmentLimits {
+            max_bytes: cfg.segment_max_bytes,
+            max_age: cfg.segment_max_age,
+            retention: cfg.retention,
+            retention_bytes: cfg.retention_bytes / n_shards,
+        };
         for i in 0..shards {
-            let path = cfg.data_dir.join(shard_file_name(i));
-            let conn = shard::open_connection(&path)?;
-            if cfg.durable_commits {
-                conn.execute_batch("PRAGMA synchronous = FULL").map_err(|e| StoreError::sqlite(&path, e))?;
-            }
+            let mut catalog = catalog::Catalog::open(&cfg.data_dir)?;
+            let (active, prev) =
+                shard::open_segments(&cfg.data_dir, &mut catalog, i, cfg.durable_commits, &hasher)?;
             let (mut q, rec) = dlq::ShardDlq::open(&cfg.dlq_path, i, max_files, max_bytes)
                 .map_err(|e| StoreError::io(&cfg.dlq_path, e))?;
             q.set_faults(faults.clone());
@@ -320,7 +344,19 @@ impl Store {
             let g = Arc::new(ShardGauges::default());
             g.dlq_corrupt_files.fetch_add(rec.corrupt_files, Ordering::Relaxed);
             gauges.push(g.clone());
-            writers.push(ShardWriter::new(i, path, conn, q, cfg.retention, stats.clone(), g, faults.clone()));
+            writers.push(ShardWriter::new(
+                i,
+                cfg.data_dir.clone(),
+                active,
+                prev,
+                catalog,
+                hasher.clone(),
+                q,
+                limits,
+                stats.clone(),
+                g,
+                faults.clone(),
+            ));
         }
         Ok(Self { writers, gauges, faults, recovered: total })
     }
