@@ -31,7 +31,7 @@
 //!   happens-before edge is needed, and `stop`, `snapshot` and `drained` are Relaxed;
 //! - **a reserved push cannot fail** needs one edge: the pop that freed a slot (its ring stamp
 //!   store) happens-before the push of the submitter that reserves the slot. `release_slot` is
-//!   Release and `reserve` reads with Acquire; the ring's `tail` carries the edge on to a
+//!   Release and the reservation's CAS is Acquire; the ring's `tail` carries the edge on to a
 //!   submitter that claims the freed slot after another one (see `Ring::try_push`).
 //!
 //! Byte releases publish nothing (a counter: the batch memory was given back to the allocator,
@@ -160,10 +160,9 @@ impl Admission {
         if all.bytes > self.max_bytes {
             return Decision::TooLarge;
         }
-        // Acquire: pairs with the Release of `release_slot` (and, through the release sequence,
-        // of every earlier one), so the pops that freed the slots we count happen-before the
-        // pushes after this reservation. Only a guess here: the CAS re-reads the word.
-        let mut cur = self.word.load(Ordering::Acquire);
+        // Relaxed: only a guess for the CAS below. A refusal decided from it is followed by no
+        // push, so needs no edge; a reservation gets its edge from the CAS's own Acquire.
+        let mut cur = self.word.load(Ordering::Relaxed);
         loop {
             let s = Snapshot::from_word(cur);
             if s.stopped && !mutant(Mutant::StoppedIgnored) {
@@ -187,13 +186,14 @@ impl Admission {
             // Both sums are within their capacities, themselves within their fields (`new`
             // clamps them): the additions cannot carry into the next field or the stopped bit.
             let next = cur + (want.batches << FILL_SHIFT) + want.bytes;
-            // Success Acquire: the value we replace is the one whose freed slots we count; the
-            // Acquire makes the pops that freed them happen-before our pushes (module doc). No
+            // Success Acquire: pairs with the Release of `release_slot` (and, through the release
+            // sequence, of every earlier one): the value we replace is the one whose freed slots
+            // we count, so the pops that freed them happen-before our pushes (module doc). No
             // Release half: nobody reads anything of ours through the word (the drain rests on
             // the modification order, and the next submitter's edge to the pop goes through the
             // ring's `tail`).
-            // Failure Acquire: the fresh value is used for the next decision, as above.
-            match self.word.compare_exchange_weak(cur, next, Ordering::Acquire, Ordering::Acquire) {
+            // Failure Relaxed: the fresh value is only the next guess, as for the load above.
+            match self.word.compare_exchange_weak(cur, next, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return decision,
                 Err(actual) => cur = actual,
             }
