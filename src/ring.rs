@@ -6,7 +6,8 @@
 //! primitive comes from [`crate::sync`], so the loom models in `loom-tests/` check this very code.
 //!
 //! # Stamps
-//! The ring has `slots = 2^k` slots. `head` and `tail` are unbounded positions (wrapping `usize`
+//! The ring has `slots = 2^k ≥ 2` slots (Vyukov's algorithm needs two: with one slot, "full at
+//! `p`" (`p + 1`) and "free at `p + 1`" would be the same stamp). `head` and `tail` are unbounded positions (wrapping `usize`
 //! counters); position `p` lives in slot `p & mask`. Each slot carries a stamp:
 //! - `stamp == p` means the slot is free for the push at position `p` (its "next write");
 //! - `stamp == p + 1` means it holds the value pushed at `p`, ready for the pop at `p` (its "next
@@ -20,24 +21,59 @@
 //! # Invariants
 //! - a position is claimed by exactly one thread: the compare-and-swap on `tail` (`head`) is a
 //!   read-modify-write, so two producers (consumers) cannot both move it from `p` to `p + 1`;
+//! - `head ≤ tail ≤ head + slots` (as positions, before wrapping): a pop at `p` needs the stamp
+//!   `p + 1`, which only the push at `p` stores, and a push at `p` needs the stamp `p`, which only
+//!   the pop at `p − slots` stores (or the constructor, for `p < slots`); both stamps are distinct
+//!   from every other stamp the slot takes because `slots ≥ 2`;
 //! - the value in a slot is written only by the producer that claimed its position and the stamp
 //!   is then published with `Release`; it is read only by the consumer that claimed the same
 //!   position after an `Acquire` load saw that stamp; so each value is moved in once and out once;
 //! - `Drop` (which has `&mut self`, so no operation is in progress) drops exactly the values in
-//!   `head..tail`.
+//!   `head..tail`, at most `slots` of them, each in its own slot.
+//!
+//! # Spurious answers
+//! `try_push` reports full while a consumer that claimed position `tail − slots` has not yet
+//! stored its stamp (the slot is about to be free), and `try_pop` reports empty while the producer
+//! of position `head` has claimed it but not yet published it. Neither re-checks (crossbeam's
+//! `ArrayQueue` re-reads the other index behind a `SeqCst` fence): the pipeline never needs it,
+//! because its one consumer per ring finishes each pop before admission frees the slot, and a
+//! writer that finds a lane empty looks again after the wake-up handshake.
 
-use crate::sync::UnsafeCell;
 use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::{Mutant, UnsafeCell, mutant};
 use crossbeam_utils::CachePadded;
 use std::mem::MaybeUninit;
 
-/// The ordering that publishes a pushed value. The test-only feature `__loom_broken` weakens it to
-/// `Relaxed`, a real bug (the consumer could read the slot before the value is in it) that the
-/// loom models must catch: proof that they can fail.
-#[cfg(not(feature = "__loom_broken"))]
-const PUBLISH: Ordering = Ordering::Release;
-#[cfg(feature = "__loom_broken")]
-const PUBLISH: Ordering = Ordering::Relaxed;
+/// Least number of slots: see the module doc (one slot cannot tell "full" from "free").
+const MIN_SLOTS: usize = 2;
+
+/// The ordering of the stamp store that publishes a pushed value (Release). The test-only mutant
+/// `publish_relaxed` weakens it, a real bug (the consumer could read the slot before the value is
+/// in it) that the loom models must catch.
+#[inline]
+fn publish_ordering() -> Ordering {
+    if mutant(Mutant::PublishRelaxed) { Ordering::Relaxed } else { Ordering::Release }
+}
+
+/// The orderings of the `tail` load (Acquire) and of the claim's CAS (Release on success,
+/// Acquire on failure): see `try_push`. The test-only mutant `tail_relaxed` weakens all three
+/// (the code before issue 14, whose reserved push could see a stale stamp).
+#[inline]
+fn tail_orderings() -> (Ordering, Ordering, Ordering) {
+    if mutant(Mutant::TailRelaxed) {
+        (Ordering::Relaxed, Ordering::Relaxed, Ordering::Relaxed)
+    } else {
+        (Ordering::Acquire, Ordering::Release, Ordering::Acquire)
+    }
+}
+
+/// The ordering of the stamp store that frees a popped slot (Release). The test-only mutant
+/// `pop_stamp_relaxed` weakens it (the next lap's producer could overwrite the value while it is
+/// being read).
+#[inline]
+fn free_ordering() -> Ordering {
+    if mutant(Mutant::PopStampRelaxed) { Ordering::Relaxed } else { Ordering::Release }
+}
 
 /// One slot: its stamp and its (possibly uninitialised) value.
 struct Slot<T> {
@@ -52,6 +88,7 @@ struct Slot<T> {
 /// use otelring::ring::Ring;
 /// let ring = Ring::with_capacity(3); // rounded up to 4 slots
 /// assert_eq!(ring.capacity(), 4);
+/// assert_eq!(Ring::<u8>::with_capacity(1).capacity(), 2); // never fewer than 2
 /// ring.try_push(1).unwrap();
 /// assert_eq!(ring.try_pop(), Some(1));
 /// assert_eq!(ring.try_pop(), None);
@@ -74,9 +111,10 @@ unsafe impl<T: Send> Send for Ring<T> {}
 unsafe impl<T: Send> Sync for Ring<T> {}
 
 impl<T> Ring<T> {
-    /// A ring with `capacity.next_power_of_two()` slots (at least 1).
+    /// A ring with `capacity.next_power_of_two()` slots, and never fewer than 2 (see the module
+    /// doc: 0 and 1 are rounded up to 2).
     pub fn with_capacity(capacity: usize) -> Self {
-        let n = capacity.max(1).next_power_of_two();
+        let n = capacity.max(MIN_SLOTS).next_power_of_two();
         let slots: Box<[Slot<T>]> = (0..n)
             .map(|i| Slot { stamp: AtomicUsize::new(i), value: UnsafeCell::new(MaybeUninit::uninit()) })
             .collect();
@@ -101,11 +139,22 @@ impl<T> Ring<T> {
         &self.slots[index]
     }
 
-    /// Pushes `value`, or hands it back when every slot is full.
+    /// Pushes `value`, or hands it back when every slot is full (or, spuriously, while the
+    /// consumer of the slot it needs is between claiming and freeing it: see the module doc).
+    ///
+    /// A push that happens after the pop that freed its slot (by any chain of synchronisation,
+    /// even through other producers' pushes) cannot fail: that is what lets the pipeline push
+    /// after an admission reservation without a retry.
     pub fn try_push(&self, value: T) -> Result<(), T> {
-        // Relaxed: `tail` only picks a candidate position; the slot's stamp (Acquire below) is
-        // what tells whether that position is free, and the CAS validates the choice.
-        let mut tail = self.tail.load(Ordering::Relaxed);
+        // Acquire: pairs with the Release of the claim (CAS below) that stored this `tail`, and,
+        // since every write of `tail` is a read-modify-write, with every earlier claim (a release
+        // sequence). So whatever happened-before the claims of positions below `tail` happens-
+        // before our stamp load. The pipeline needs it: submitter Y acquires the pop that freed
+        // slot 0 (admission) and claims position 1; submitter X then reads `tail = 2` (slot 0)
+        // from Y's claim and must see the pop's stamp store, or its reserved push would find the
+        // slot full (loom model `a_reserved_push_after_a_pop_on_another_thread_...`).
+        let (load, claim, claim_failed) = tail_orderings();
+        let mut tail = self.tail.load(load);
         loop {
             let slot = self.slot(tail);
             // Acquire: pairs with the Release stamp store of the pop that emptied this slot one
@@ -113,15 +162,14 @@ impl<T> Ring<T> {
             let stamp = slot.stamp.load(Ordering::Acquire);
             let diff = stamp.wrapping_sub(tail) as isize;
             if diff == 0 {
-                // The slot is free for position `tail`: claim the position.
-                // Relaxed: the claim needs only the atomicity of the read-modify-write (one winner
-                // per position); visibility of the value is carried by the slot stamp.
-                match self.tail.compare_exchange_weak(
-                    tail,
-                    tail.wrapping_add(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
+                // The slot is free for position `tail`: claim the position (one winner per
+                // position: the CAS is a read-modify-write).
+                // Success Release: hands what happened-before this claim (for the pipeline, the
+                // admission reservation and the pop it acquired) to the producer that reads the
+                // new `tail` (Acquire above). No Acquire half: the stamp load above already
+                // ordered the slot's previous pop before our write.
+                // Failure Acquire: the value read becomes our next candidate, as for the load.
+                match self.tail.compare_exchange_weak(tail, tail.wrapping_add(1), claim, claim_failed) {
                     Ok(_) => {
                         slot.value.with_mut(|p| {
                             // SAFETY: winning the CAS made this thread the only owner of position
@@ -129,9 +177,9 @@ impl<T> Ring<T> {
                             // consumer reads the slot before the stamp store below.
                             unsafe { p.write(MaybeUninit::new(value)) };
                         });
-                        // Release (PUBLISH): the value write above happens-before the Acquire
-                        // stamp load of the consumer that pops position `tail`.
-                        slot.stamp.store(tail.wrapping_add(1), PUBLISH);
+                        // Release: the value write above happens-before the Acquire stamp load
+                        // of the consumer that pops position `tail`.
+                        slot.stamp.store(tail.wrapping_add(1), publish_ordering());
                         return Ok(());
                     }
                     Err(current) => tail = current,
@@ -143,20 +191,23 @@ impl<T> Ring<T> {
             } else {
                 // A faster producer already took this position: try the current tail.
                 crate::sync::spin_step();
-                tail = self.tail.load(Ordering::Relaxed);
+                // Acquire: as for the first load.
+                tail = self.tail.load(load);
             }
         }
     }
 
     /// Pops the oldest value, or `None` when the ring is empty (or its oldest value is still being
-    /// written by a producer that has claimed the position but not yet published it).
+    /// written by a producer that has claimed the position but not yet published it, or its
+    /// stamp store is not yet visible: a spurious `None` that callers look past).
     pub fn try_pop(&self) -> Option<T> {
-        // Relaxed: candidate position only; the stamp decides (see `try_push`).
+        // Relaxed: candidate position only; the stamp (Acquire below) decides. Unlike `tail`,
+        // nothing relies on a pop never missing a value: a stale stamp makes it report empty.
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             let slot = self.slot(head);
-            // Acquire: pairs with the producer's Release (PUBLISH) stamp store, so its write of
-            // the value happens-before our read.
+            // Acquire: pairs with the producer's Release stamp store (`publish_ordering`), so
+            // its write of the value happens-before our read.
             let stamp = slot.stamp.load(Ordering::Acquire);
             let diff = stamp.wrapping_sub(head.wrapping_add(1)) as isize;
             if diff == 0 {
@@ -177,7 +228,7 @@ impl<T> Ring<T> {
                         });
                         // Release: our read above happens-before the next lap's producer write,
                         // whose Acquire stamp load sees this store.
-                        slot.stamp.store(head.wrapping_add(self.slots.len()), Ordering::Release);
+                        slot.stamp.store(head.wrapping_add(self.slots.len()), free_ordering());
                         return Some(value);
                     }
                     Err(current) => head = current,
@@ -193,19 +244,22 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Number of values pushed and not yet popped (claimed positions included), a snapshot that
-    /// may be stale by the time it is used; never above `capacity()`.
+    /// Number of positions claimed by producers and not yet by consumers: an approximation,
+    /// in `0..=capacity()`, that may be stale by the time it is used.
+    ///
+    /// The two loads are not one snapshot: nothing orders the pushes that moved `tail` before the
+    /// pops that moved `head`, so `head` may be seen ahead of `tail` (values pushed and popped
+    /// between the loads; counted as 0) or far behind it (clamped to `capacity()`). It is exact
+    /// for a thread that is the ring's only consumer and has synchronised with the pushes it
+    /// counts, which is how the writer's wake-up check uses it.
     pub fn len(&self) -> usize {
-        loop {
-            // Relaxed throughout: an approximate count, used for gauges and wake-up checks; the
-            // exact accounting lives in the admission word. Re-reading `tail` gives a consistent
-            // pair (head and tail from one moment).
-            let tail = self.tail.load(Ordering::Relaxed);
-            let head = self.head.load(Ordering::Relaxed);
-            if self.tail.load(Ordering::Relaxed) == tail {
-                return tail.wrapping_sub(head).min(self.slots.len());
-            }
-            crate::sync::spin_step();
+        // Relaxed: a count for gauges and wake-up checks; the exact accounting lives in the
+        // admission word, and the wake-up handshake orders these loads with its own fences.
+        let head = self.head.load(Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Relaxed);
+        match tail.wrapping_sub(head) as isize {
+            d if d <= 0 => 0,
+            d => (d as usize).min(self.slots.len()),
         }
     }
 
@@ -217,17 +271,23 @@ impl<T> Ring<T> {
 
 impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
-        // `&mut self`: no push or pop is in progress, so every position in head..tail holds a
-        // published value. Relaxed loads suffice: the `&mut` borrow already synchronised with
-        // every thread that used the ring.
+        // `&mut self`: no push or pop is in progress (every claimed position was published, every
+        // claimed pop completed), so every position in head..tail holds a published value.
+        // Relaxed loads suffice: the `&mut` borrow already synchronised with every thread that
+        // used the ring.
         let head = self.head.load(Ordering::Relaxed);
         let tail = self.tail.load(Ordering::Relaxed);
+        // The module invariant head ≤ tail ≤ head + slots: the positions head..tail map to
+        // distinct slots, so no value is dropped twice.
+        assert!(tail.wrapping_sub(head) <= self.slots.len(), "ring invariant broken: tail − head > slots");
         let mut pos = head;
         while pos != tail {
             let slot = self.slot(pos);
             slot.value.with_mut(|p| {
-                // SAFETY: positions head..tail were pushed and not popped, so this slot holds an
-                // initialised value that nobody else can reach any more; it is dropped once.
+                // SAFETY: position `pos` in head..tail was pushed (its value written and published)
+                // and not popped, and head..tail spans at most `slots` positions (asserted above),
+                // so this slot holds an initialised value that no other position of the range
+                // shares and that nobody else can reach any more; it is dropped once.
                 unsafe { (*p).assume_init_drop() };
             });
             pos = pos.wrapping_add(1);
@@ -249,8 +309,9 @@ mod tests {
 
     #[test]
     fn rounds_capacity_up_to_power_of_two() {
-        assert_eq!(Ring::<u8>::with_capacity(0).capacity(), 1);
-        assert_eq!(Ring::<u8>::with_capacity(1).capacity(), 1);
+        assert_eq!(Ring::<u8>::with_capacity(0).capacity(), 2);
+        assert_eq!(Ring::<u8>::with_capacity(1).capacity(), 2);
+        assert_eq!(Ring::<u8>::with_capacity(2).capacity(), 2);
         assert_eq!(Ring::<u8>::with_capacity(5).capacity(), 8);
         assert_eq!(Ring::<u8>::with_capacity(4096).capacity(), 4096);
     }
@@ -272,6 +333,35 @@ mod tests {
         for i in 0..1000 {
             r.try_push(i).unwrap();
             assert_eq!(r.try_pop(), Some(i));
+        }
+    }
+
+    /// Rings asked for 0, 1 and 2 slots hold exactly `capacity()` values, hand the next one back,
+    /// give them out once in order over many laps and drop what is left once (sized for miri).
+    #[test]
+    fn rings_of_zero_one_and_two_slots_hold_capacity_values_over_many_laps() {
+        for asked in [0, 1, 2] {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let r = Ring::with_capacity(asked);
+            let n = r.capacity();
+            let mut next = 0usize;
+            for _lap in 0..20 {
+                for i in 0..n {
+                    assert!(r.try_push((next + i, Counted(drops.clone()))).is_ok(), "asked {asked}");
+                }
+                let refused = r.try_push((usize::MAX, Counted(drops.clone())));
+                assert!(refused.is_err(), "asked {asked}: a push past capacity {n} was accepted");
+                drop(refused);
+                for i in 0..n {
+                    assert_eq!(r.try_pop().map(|(v, _)| v), Some(next + i), "asked {asked}");
+                }
+                assert!(r.try_pop().is_none(), "asked {asked}");
+                next += n;
+            }
+            r.try_push((0, Counted(drops.clone()))).ok().unwrap();
+            let before = drops.load(Ordering::SeqCst);
+            drop(r);
+            assert_eq!(drops.load(Ordering::SeqCst), before + 1, "asked {asked}");
         }
     }
 
@@ -303,7 +393,8 @@ mod tests {
 
     #[test]
     fn concurrent_producers_and_consumers_lose_and_duplicate_nothing() {
-        const PER: usize = 50_000;
+        // Miri runs the same test, smaller: it interprets every step.
+        const PER: usize = if cfg!(miri) { 200 } else { 50_000 };
         let r = Arc::new(Ring::with_capacity(64));
         let seen = Arc::new((0..4 * PER).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
         let popped = Arc::new(AtomicUsize::new(0));

@@ -1,5 +1,6 @@
 //! The loom shim: the only place in the crate that names an atomic, a cell, a spin hint, a lock, a
-//! condition variable or a thread primitive used by the ring, admission and lane wake-up code.
+//! condition variable or a thread primitive used by the ring, admission, lane wake-up and
+//! commit-completion code; and the switch of the test-only mutants ([`Mutant`]).
 //!
 //! Two arms, keyed on the namespaced `cfg(otelring_loom)` (a bare `cfg(loom)` would also flip loom
 //! inside dependencies that know it):
@@ -76,6 +77,71 @@ pub fn spin_step() {
     hint::spin_loop();
 }
 use imp::{MutexGuard, RawCondvar, RawMutex};
+
+/// Deliberately broken variants ("mutants") of the synchronisation, one per defect the loom
+/// models must catch. They exist only in builds with the test-only feature `__loom_broken`
+/// (`loom-tests --features broken`), where `OTELRING_MUTANT=<name>` picks one at run time, so one
+/// build proves the suite fails on each (`.ci/test`, README "Concurrency checking"). In every other
+/// build [`mutant`] is a constant `false` and the branches on it compile away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutant {
+    /// `publish_relaxed`: the ring's stamp store that publishes a pushed value is Relaxed.
+    PublishRelaxed,
+    /// `pop_stamp_relaxed`: the ring's stamp store that frees a popped slot is Relaxed.
+    PopStampRelaxed,
+    /// `stopped_ignored`: admission ignores the stopped bit.
+    StoppedIgnored,
+    /// `drain_on_empty_rings`: the drain is decided on "the rings look empty", not on fill = 0.
+    DrainOnEmptyRings,
+    /// `no_wake_fence`: the producer's SeqCst fence of the wake-up handshake is removed.
+    NoWakeFence,
+    /// `tail_relaxed`: the ring's `tail` is loaded and claimed Relaxed (bug 2 of issue 14: a
+    /// reserved push could see a stale stamp).
+    TailRelaxed,
+    /// `no_drain_wake`: the pop that ends a drain does not wake the other shards' writers.
+    NoDrainWake,
+}
+
+impl Mutant {
+    /// Every mutant, in the order `.ci/test` tries them.
+    pub const ALL: [Mutant; 7] = [
+        Mutant::PublishRelaxed,
+        Mutant::PopStampRelaxed,
+        Mutant::StoppedIgnored,
+        Mutant::DrainOnEmptyRings,
+        Mutant::NoWakeFence,
+        Mutant::TailRelaxed,
+        Mutant::NoDrainWake,
+    ];
+
+    /// The name `OTELRING_MUTANT` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::PublishRelaxed => "publish_relaxed",
+            Mutant::PopStampRelaxed => "pop_stamp_relaxed",
+            Mutant::StoppedIgnored => "stopped_ignored",
+            Mutant::DrainOnEmptyRings => "drain_on_empty_rings",
+            Mutant::NoWakeFence => "no_wake_fence",
+            Mutant::TailRelaxed => "tail_relaxed",
+            Mutant::NoDrainWake => "no_drain_wake",
+        }
+    }
+}
+
+/// True when `m` is the mutant chosen by `OTELRING_MUTANT` (builds with `__loom_broken` only).
+#[cfg(feature = "__loom_broken")]
+pub fn mutant(m: Mutant) -> bool {
+    // A std `OnceLock`, not loom's: the choice is fixed for the process, outside the model.
+    static CHOSEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| std::env::var("OTELRING_MUTANT").ok()).as_deref() == Some(m.name())
+}
+
+/// Always false: this build has no mutants.
+#[cfg(not(feature = "__loom_broken"))]
+#[inline(always)]
+pub const fn mutant(_: Mutant) -> bool {
+    false
+}
 use std::time::Duration;
 
 /// A mutex whose `lock` cannot fail: poisoning is ignored (see the module doc).

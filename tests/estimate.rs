@@ -1,5 +1,7 @@
 //! `Batch::est_bytes` is never below the real heap use of a batch, measured with a counting
-//! global allocator. Its own test binary, so no other test allocates concurrently.
+//! global allocator. Its own test binary, so no other test allocates concurrently; and each test
+//! measures in a process of its own (see [`alone`]), so the two do not count each other's
+//! allocations under `cargo test` either, which runs them on parallel threads of one process.
 
 use otelring::pipeline::batch::{
     Batch, LogRow, MetricKind, MetricPointRow, NumberValue, Received, Rows, SpanId, SpanKind, SpanRow,
@@ -11,6 +13,29 @@ use std::sync::Arc;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// True in the process that should measure. The counting allocator is global (it sees every
+/// thread), so a test measures only when it is alone in its process: under nextest (one process
+/// per test) and under `cargo test` alike, each test re-runs itself in a child process with
+/// `--exact NAME --test-threads 1` and only the child measures; the parent returns `false` once
+/// the child passed, and fails with its output otherwise.
+fn alone(name: &str) -> bool {
+    const CHILD: &str = "OTELRING_ESTIMATE_ALONE";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--test-threads", "1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("re-run the test binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{name}, alone in its process, failed:\n{text}");
+    assert!(text.contains("1 passed"), "{name} did not run in the child process:\n{text}");
+    eprint!("{text}");
+    false
+}
 
 /// Bytes allocated and still held since the region began.
 fn held(region: &Region<'_, System>) -> i64 {
@@ -126,6 +151,9 @@ fn metrics(n: usize) -> Rows {
 
 #[test]
 fn estimate_is_never_below_the_real_heap_use() {
+    if !alone("estimate_is_never_below_the_real_heap_use") {
+        return;
+    }
     let received = Received::now();
     for (name, make) in [("traces", traces as fn(usize) -> Rows), ("metrics", metrics as fn(usize) -> Rows)] {
         for n in [0, 1, 7, 100, 1_000] {
@@ -162,6 +190,9 @@ mod fixtures;
 /// (3.52 per span).
 #[test]
 fn decoding_allocates_a_bounded_number_of_times_per_span_not_per_attribute() {
+    if !alone("decoding_allocates_a_bounded_number_of_times_per_span_not_per_attribute") {
+        return;
+    }
     use otelring::config::DecodeConfig;
     use otelring::otlp::{self, Encoding};
     use otelring::pipeline::Signal;

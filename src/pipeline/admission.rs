@@ -19,8 +19,27 @@
 //! succeeded. The zone is decided from the word read before the reservation. The slot is released
 //! at pop ([`Admission::release_slot`]), the bytes at commit or spill ([`Admission::release_bytes`]);
 //! the drain after stop is over when `fill == 0` with `stopped` set, read in one load.
+//!
+//! # Orderings
+//! Every change of the word is a read-modify-write, so the word has one modification order that
+//! every thread agrees on, and an Acquire read of any value synchronises with every Release
+//! change before it in that order (each later read-modify-write continues its release sequence).
+//! Two facts rest on this, and only one needs an ordering:
+//! - **the drain** rests on the modification order alone: a reservation is either before the stop
+//!   in that order (and counted in `fill` until its batch is popped) or after it (and refused),
+//!   so `stopped && fill == 0` in one value means no reserved batch is left or can come. No
+//!   happens-before edge is needed, and `stop`, `snapshot` and `drained` are Relaxed;
+//! - **a reserved push cannot fail** needs one edge: the pop that freed a slot (its ring stamp
+//!   store) happens-before the push of the submitter that reserves the slot. `release_slot` is
+//!   Release and the reservation's CAS is Acquire; the ring's `tail` carries the edge on to a
+//!   submitter that claims the freed slot after another one (see `Ring::try_push`).
+//!
+//! Byte releases publish nothing (a counter: the batch memory was given back to the allocator,
+//! which synchronises itself) and are Relaxed. Underflow or overflow of a field would corrupt its
+//! neighbour or the stopped bit, so every change is checked with a real assert before it is made.
 
 use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Mutant, mutant};
 
 const BYTES_BITS: u32 = 40;
 const FILL_BITS: u32 = 23;
@@ -121,47 +140,60 @@ impl Admission {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        // Acquire: pairs with the Release of `release_slot` / `release_bytes` / `stop`, so a
-        // reader that sees a freed slot also sees the pop that freed it.
-        Snapshot::from_word(self.word.load(Ordering::Acquire))
+        // Relaxed: a snapshot of counters (gauges, zone checks, the drain: see the module doc);
+        // its readers read nothing that the writers of the word published.
+        Snapshot::from_word(self.word.load(Ordering::Relaxed))
     }
 
     /// Decides and, when the decision admits something, reserves it with one CAS.
     ///
     /// `all` is the whole request, `priority` its priority part (a subset). In the soft zone only
     /// `priority` is reserved; `PriorityOnly` with an empty `priority` reserved nothing.
+    ///
+    /// # Panics
+    /// When `priority` is larger than `all` in batches or bytes (a caller bug).
     pub fn reserve(&self, all: Need, priority: Need) -> Decision {
+        assert!(
+            priority.batches <= all.batches && priority.bytes <= all.bytes,
+            "priority part {priority:?} larger than the request {all:?}"
+        );
         if all.bytes > self.max_bytes {
             return Decision::TooLarge;
         }
-        // Acquire: pairs with the Release of `release_slot`, so once we see a slot freed, the
-        // popping consumer's ring stamp store is visible too and the push after this reservation
-        // finds a free ring slot (a reserved push cannot fail).
-        let mut cur = self.word.load(Ordering::Acquire);
+        // Relaxed: only a guess for the CAS below. A refusal decided from it is followed by no
+        // push, so needs no edge; a reservation gets its edge from the CAS's own Acquire.
+        let mut cur = self.word.load(Ordering::Relaxed);
         loop {
             let s = Snapshot::from_word(cur);
-            if s.stopped {
+            if s.stopped && !mutant(Mutant::StoppedIgnored) {
                 return Decision::Stopped;
             }
-            // The zone comes from the state before the reservation.
+            // The zone comes from the state before the reservation: this value, re-read on every
+            // retry, so a zone changed by a racing reservation is seen.
             let soft = self.fullness_of(s) >= self.soft_threshold;
             let (want, decision) =
                 if soft { (priority, Decision::PriorityOnly) } else { (all, Decision::AcceptAll) };
             if want.is_empty() {
                 return decision;
             }
-            if s.fill + want.batches > self.capacity {
+            // Checked: a sum past the capacity (or past u64) is refused, never wrapped.
+            if s.fill.checked_add(want.batches).is_none_or(|f| f > self.capacity) {
                 return Decision::QueueFull;
             }
-            if s.bytes + want.bytes > self.max_bytes {
+            if s.bytes.checked_add(want.bytes).is_none_or(|b| b > self.max_bytes) {
                 return Decision::BytesFull;
             }
+            // Both sums are within their capacities, themselves within their fields (`new`
+            // clamps them): the additions cannot carry into the next field or the stopped bit.
             let next = cur + (want.batches << FILL_SHIFT) + want.bytes;
-            // Success AcqRel: Acquire as for the load above; Release orders this reservation
-            // before the pushes that follow it for any thread that later reads the word (the
-            // writer's drain check relies on `fill` counting reserved-but-unpushed batches).
-            // Failure Acquire: the fresh value is used for the next decision, as above.
-            match self.word.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+            // Success Acquire: pairs with the Release of `release_slot` (and, through the release
+            // sequence, of every earlier one): the value we replace is the one whose freed slots
+            // we count, so the pops that freed them happen-before our pushes (module doc). No
+            // Release half: nobody reads anything of ours through the word (the drain rests on
+            // the modification order, and the next submitter's edge to the pop goes through the
+            // ring's `tail`).
+            // Failure Relaxed: the fresh value is only the next guess, as for the load above.
+            match self.word.compare_exchange_weak(cur, next, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return decision,
                 Err(actual) => cur = actual,
             }
@@ -169,27 +201,48 @@ impl Admission {
     }
 
     /// Frees `n` batch slots (at pop). Returns the snapshot after the release.
+    ///
+    /// # Panics
+    /// When fewer than `n` slots are reserved (a caller bug); the word is left unchanged.
     pub fn release_slot(&self, n: u64) -> Snapshot {
-        // Release: the pop (ring stamp store) that made room happens-before any reservation that
-        // observes the freed slot (see `reserve`).
-        let prev = self.word.fetch_sub(n << FILL_SHIFT, Ordering::AcqRel);
-        debug_assert!((prev & FILL_MASK) >> FILL_SHIFT >= n, "fill underflow");
-        Snapshot::from_word(prev - (n << FILL_SHIFT))
+        // Release: the pop (its ring stamp store, before this call) happens-before every
+        // reservation whose Acquire reads this value or a later one (see `reserve`).
+        // Relaxed fetch: the value only feeds the check and the next attempt.
+        let prev = self
+            .word
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
+                let fill = Snapshot::from_word(w).fill;
+                fill.checked_sub(n).map(|f| (w & !FILL_MASK) | (f << FILL_SHIFT))
+            })
+            .unwrap_or_else(|w| panic!("fill underflow: releasing {n} of {}", Snapshot::from_word(w).fill));
+        let mut after = Snapshot::from_word(prev);
+        after.fill -= n;
+        after
     }
 
     /// Frees `bytes` (at commit or spill).
+    ///
+    /// # Panics
+    /// When fewer than `bytes` are reserved (a caller bug); the word is left unchanged.
     pub fn release_bytes(&self, bytes: u64) {
-        // Release: the writer's use of the memory ends before a submitter that sees the room
-        // reserves it; it is a counter, not a publication of data.
-        let prev = self.word.fetch_sub(bytes, Ordering::Release);
-        debug_assert!(prev & BYTES_MASK >= bytes, "bytes underflow");
+        // Relaxed: a counter; nothing is published with the freed room (module doc). The
+        // read-modify-write still continues the release sequences `reserve` acquires.
+        self.word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                let held = Snapshot::from_word(w).bytes;
+                held.checked_sub(bytes).map(|b| (w & !BYTES_MASK) | b)
+            })
+            .unwrap_or_else(|w| {
+                panic!("bytes underflow: releasing {bytes} of {}", Snapshot::from_word(w).bytes)
+            });
     }
 
     /// Sets `stopped`: every later reservation fails. Idempotent; returns true the first time.
     pub fn stop(&self) -> bool {
-        // AcqRel: the stop is ordered after the reservations that won before it (their `fill` is
-        // in the same word) and before every later read of the word.
-        self.word.fetch_or(STOPPED, Ordering::AcqRel) & STOPPED == 0
+        // Relaxed: the drain rests on the word's modification order, not on a happens-before
+        // edge (module doc): a reservation before this change is counted in `fill`, one after it
+        // sees `stopped`. The writers are woken through the lanes' mutex after this call.
+        self.word.fetch_or(STOPPED, Ordering::Relaxed) & STOPPED == 0
     }
 
     /// True when stop has begun and every reserved batch has been popped (the drain is over for
@@ -246,6 +299,43 @@ mod tests {
         assert_eq!(a.reserve(n(1, 200), n(1, 101)), Decision::BytesFull);
         assert_eq!(a.reserve(n(1, 200), n(1, 100)), Decision::PriorityOnly);
         assert_eq!(a.snapshot().bytes, 1_000);
+    }
+
+    #[test]
+    fn releasing_an_unreserved_slot_panics_and_leaves_the_word_intact() {
+        let a = Admission::new(4, 100, 0.9);
+        assert_eq!(a.reserve(n(1, 10), n(0, 0)), Decision::AcceptAll);
+        let before = a.snapshot();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.release_slot(2)));
+        assert!(r.is_err());
+        assert_eq!(a.snapshot(), before);
+    }
+
+    #[test]
+    fn releasing_unreserved_bytes_panics_and_leaves_the_word_intact() {
+        let a = Admission::new(4, 100, 0.9);
+        assert_eq!(a.reserve(n(1, 10), n(0, 0)), Decision::AcceptAll);
+        a.stop();
+        let before = a.snapshot();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.release_bytes(11)));
+        assert!(r.is_err());
+        assert_eq!(a.snapshot(), before);
+        assert!(before.stopped);
+    }
+
+    #[test]
+    #[should_panic(expected = "larger than the request")]
+    fn a_priority_part_larger_than_the_request_panics() {
+        let a = Admission::new(4, 100, 0.9);
+        a.reserve(n(1, 10), n(2, 10));
+    }
+
+    #[test]
+    fn sums_past_u64_are_refused_not_wrapped() {
+        let a = Admission::new(MAX_QUEUE_SIZE, MAX_QUEUE_BYTES, 1.0);
+        assert_eq!(a.reserve(n(1, 1), n(0, 0)), Decision::AcceptAll);
+        assert_eq!(a.reserve(n(u64::MAX, 1), n(0, 0)), Decision::QueueFull);
+        assert_eq!(a.snapshot().fill, 1);
     }
 
     #[test]

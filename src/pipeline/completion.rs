@@ -7,11 +7,14 @@
 //! It can be awaited (it is a `Future` built on `std::task` alone, so any executor can poll it) or
 //! waited on from a plain thread. A part dropped unresolved (a bug, or a panic that unwound past
 //! it) resolves as [`CommitError::Dropped`], so a waiter can never hang on a lost batch.
+//!
+//! All state is under one mutex (the count of unresolved parts too), so no ordering argument is
+//! needed beyond the mutex's; its primitives come from [`crate::sync`], so the loom models check
+//! this code (a commit or a failure racing the waiter, the drain deadline).
 
+use crate::sync::{Arc, Condvar, Mutex};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -31,6 +34,8 @@ pub enum CommitError {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Parts not yet resolved.
+    remaining: usize,
     done: bool,
     result: Option<Result<(), CommitError>>,
     waker: Option<Waker>,
@@ -38,22 +43,22 @@ struct Inner {
 
 #[derive(Debug)]
 struct State {
-    remaining: AtomicUsize,
     inner: Mutex<Inner>,
     cv: Condvar,
 }
 
 impl State {
     fn resolve_one(&self, result: Result<(), CommitError>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.lock();
         if let Err(e) = result
             && !matches!(inner.result, Some(Err(_)))
         {
             inner.result = Some(Err(e));
         }
-        // AcqRel: the last part to resolve sees every other part's result (they are written
-        // under the mutex anyway; the counter only decides who finishes).
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // A part resolves once (it is consumed), so the count cannot go below zero.
+        assert!(inner.remaining > 0, "a commit-mode request resolved more parts than it has");
+        inner.remaining -= 1;
+        if inner.remaining == 0 {
             inner.done = true;
             if inner.result.is_none() {
                 inner.result = Some(Ok(()));
@@ -71,16 +76,12 @@ impl State {
 /// Creates a waiter and `parts` parts, one for each batch of a request. With `parts == 0` the
 /// waiter is resolved at once (nothing to commit).
 pub fn completion(parts: usize) -> (CommitWaiter, Vec<CompletionPart>) {
-    let state = Arc::new(State {
-        remaining: AtomicUsize::new(parts),
-        inner: Mutex::new(Inner::default()),
-        cv: Condvar::new(),
-    });
-    if parts == 0 {
-        let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.done = true;
-        inner.result = Some(Ok(()));
-    }
+    let inner = if parts == 0 {
+        Inner { remaining: 0, done: true, result: Some(Ok(())), waker: None }
+    } else {
+        Inner { remaining: parts, ..Inner::default() }
+    };
+    let state = Arc::new(State { inner: Mutex::new(inner), cv: Condvar::new() });
     let v = (0..parts).map(|_| CompletionPart { state: Some(state.clone()) }).collect();
     (CommitWaiter { state }, v)
 }
@@ -117,9 +118,9 @@ pub struct CommitWaiter {
 impl CommitWaiter {
     /// Blocks the calling thread until every part is resolved.
     pub fn wait(self) -> Result<(), CommitError> {
-        let mut inner = self.state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.state.inner.lock();
         while !inner.done {
-            inner = self.state.cv.wait(inner).unwrap_or_else(|p| p.into_inner());
+            inner = self.state.cv.wait(inner);
         }
         inner.result.clone().unwrap_or(Err(CommitError::Dropped))
     }
@@ -127,20 +128,20 @@ impl CommitWaiter {
     /// Like [`CommitWaiter::wait`], giving up after `timeout` (`None` then).
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<(), CommitError>> {
         let deadline = std::time::Instant::now() + timeout;
-        let mut inner = self.state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.state.inner.lock();
         while !inner.done {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return None;
             }
-            inner = self.state.cv.wait_timeout(inner, left).unwrap_or_else(|p| p.into_inner()).0;
+            inner = self.state.cv.wait_timeout(inner, left);
         }
         inner.result.clone()
     }
 
     /// True once every part is resolved.
     pub fn is_done(&self) -> bool {
-        self.state.inner.lock().unwrap_or_else(|p| p.into_inner()).done
+        self.state.inner.lock().done
     }
 }
 
@@ -148,7 +149,7 @@ impl Future for CommitWaiter {
     type Output = Result<(), CommitError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut inner = self.state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.state.inner.lock();
         if inner.done {
             return Poll::Ready(inner.result.clone().unwrap_or(Err(CommitError::Dropped)));
         }
@@ -160,7 +161,7 @@ impl Future for CommitWaiter {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(otelring_loom)))]
 mod tests {
     use super::*;
 

@@ -10,6 +10,7 @@ use super::route;
 use super::stats::{RejectReason, Stats};
 use crate::config::PipelineConfig;
 use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{Mutant, mutant};
 use std::sync::Arc;
 
 /// What `submit` decided for one request (DESIGN 1.2). Items are spans, log records or points.
@@ -318,10 +319,15 @@ impl Core {
         let lanes = &self.lanes[batch.shard];
         let ring = lanes.ring(signal);
         let mut batch = batch;
-        // A reserved push cannot fail: the ring has next_power_of_two(QUEUE_SIZE) slots and holds
-        // at most the signal's reserved batches, whose slots are freed only after their pop
-        // completed (Release in `release_slot`, Acquire in `reserve`). The loop is defensive: it
-        // would only spin while a consumer finishes the pop that frees the slot.
+        // A reserved push cannot fail. Room: the ring has next_power_of_two(QUEUE_SIZE) slots
+        // (at least 2) and holds at most the signal's reserved batches, whose slots admission
+        // frees only after their pop completed (one writer pops a lane, one pop at a time).
+        // Visibility: the pop that freed the slot we land in happens-before our stamp load,
+        // either directly (its `release_slot` is Release, our `reserve` Acquire) or, when
+        // another submitter claimed a position after acquiring that pop, through the ring's
+        // `tail` (Release claim, Acquire load: see `Ring::try_push`). Loom model:
+        // `a_reserved_push_after_a_pop_on_another_thread_never_finds_its_slot_full`. The loop is
+        // defensive: a failure would be a bug, caught by the debug assertion in tests.
         loop {
             match ring.try_push(batch) {
                 Ok(()) => break,
@@ -340,7 +346,7 @@ impl Core {
     pub fn pop(&self, shard: usize, signal: Signal) -> Option<Batch> {
         let b = self.lanes[shard].ring(signal).try_pop()?;
         let after = self.admission(signal).release_slot(1);
-        if after.stopped && after.fill == 0 {
+        if after.stopped && after.fill == 0 && !mutant(Mutant::NoDrainWake) {
             self.wake_all();
         }
         Some(b)
@@ -367,18 +373,24 @@ impl Core {
 
     /// True when stop has begun and every reserved batch of every signal has been popped.
     pub fn drained(&self) -> bool {
+        if mutant(Mutant::DrainOnEmptyRings) {
+            // The mutant: a reservation whose push has not happened yet is missed.
+            return self.is_stopping() && self.lanes.iter().all(|l| !l.has_batches());
+        }
         self.admission.iter().all(Admission::drained)
     }
 
     /// Tells the writers to spill what is left instead of writing it (drain deadline passed).
     pub fn set_spill_now(&self) {
-        // Release: pairs with the Acquire in `spill_now`; a flag, it publishes nothing else.
-        self.spill_now.store(true, Ordering::Release);
+        // Relaxed: a flag that publishes nothing; a sleeping writer is woken through its lane's
+        // mutex below, which orders the store before its next look at the flag.
+        self.spill_now.store(true, Ordering::Relaxed);
         self.wake_all();
     }
 
     pub fn spill_now(&self) -> bool {
-        self.spill_now.load(Ordering::Acquire)
+        // Relaxed: see `set_spill_now`.
+        self.spill_now.load(Ordering::Relaxed)
     }
 
     /// Wakes every writer, asleep or not.

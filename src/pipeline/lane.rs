@@ -12,7 +12,7 @@
 use super::batch::{Batch, Signal};
 use crate::ring::Ring;
 use crate::sync::atomic::{AtomicBool, Ordering, fence};
-use crate::sync::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutant, Mutex, mutant};
 use std::time::{Duration, Instant};
 
 /// Wake-up of one writer thread.
@@ -35,8 +35,11 @@ impl Wake {
     /// the writer is awake.
     pub fn notify(&self) {
         // SeqCst fence: the producer half of the Dekker handshake; our push (before this fence)
-        // and the writer's `sleeping = true` (before its fence) cannot both go unseen.
-        fence(Ordering::SeqCst);
+        // and the writer's `sleeping = true` (before its fence) cannot both go unseen. (The
+        // test-only mutant `no_wake_fence` removes it: a lost wake-up the models must catch.)
+        if !mutant(Mutant::NoWakeFence) {
+            fence(Ordering::SeqCst);
+        }
         // Relaxed: ordered by the fences above.
         if self.sleeping.load(Ordering::Relaxed) {
             self.force_notify();
@@ -100,8 +103,8 @@ pub struct ShardLanes {
 }
 
 impl ShardLanes {
-    /// Rings of `slots` (a power of two ≥ the signal's queue capacity, so a reserved push never
-    /// finds its ring full).
+    /// Rings of `slots` (a power of two ≥ the signal's queue capacity, and ≥ 2, so a reserved
+    /// push never finds its ring full).
     pub fn new(slots: usize) -> Self {
         Self {
             rings: [Ring::with_capacity(slots), Ring::with_capacity(slots), Ring::with_capacity(slots)],

@@ -26,10 +26,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// First backoff when both the database and the spill fail; doubles up to [`MAX_BACKOFF`].
+#[cfg(not(otelring_loom))]
 pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest pause between retries of a failing database and DLQ (well under clients' 10 s export
 /// timeout, so a recovered disk is used quickly).
+#[cfg(not(otelring_loom))]
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Under loom every backoff is an hour: a loom execution must not depend on real time, so in the
+/// models a pause ends only through a wake-up (stop, drain deadline, a full queue), never by
+/// running out, and a missing wake-up shows as a deadlock.
+#[cfg(otelring_loom)]
+pub const MIN_BACKOFF: Duration = Duration::from_secs(3600);
+#[cfg(otelring_loom)]
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// A pause after a failed group ends once any signal's queue is this share of the soft
 /// threshold full, so the pause itself never pushes clients into the shedding zone.
 pub const PAUSE_FULLNESS_SHARE: f64 = 0.5;
