@@ -964,7 +964,7 @@ def print_steady(res, items):
     res["disk_flat"], res["goal_met"] = flat, goal
     disk = {True: "flat", False: "growing", None: "not judged: under 4 minutes"}[flat]
     print(f"goal (<= 1% shed, last/first fifth >= 0.9, disk flat over the second half): "
-          f"{'MET' if goal else 'NOT MET'} (disk {disk})")
+          f"{'n/a' if flat is None else 'MET' if goal else 'NOT MET'} (disk {disk})")
     for k, v in res.get("checks", {}).items():
         if str(v).startswith("FAILED"):
             print(f"check {k}: {v}")
