@@ -185,6 +185,8 @@ def parse_args():
     st.add_argument("--ordered-ids", action="store_true",
                     help="loadgen --ordered-ids (only to show what random ids cost)")
     st.add_argument("--out", help="directory for the timeline CSVs, per-minute JSON and the plot")
+    st.add_argument("--min-free-gib", type=float, default=10.0,
+                    help="stop the load when the data dir's file system has less free space (default 10)")
     st.add_argument("--plot-with", action="append", default=[], metavar="CSV[=LABEL]",
                     help="earlier timeline CSV to overlay in the plot (repeatable)")
     a = ap.parse_args()
@@ -866,6 +868,12 @@ def steady_row(a, binary, out_dir, rate):
             if time.monotonic() - deadline > seconds + 600:
                 load.kill()
                 res["checks"]["loadgen"] = "FAILED: loadgen ran 10 minutes over its duration"
+            free = shutil.disk_usage(tmp).free / 2**30
+            if free < a.min_free_gib and load.poll() is None:
+                load.send_signal(signal.SIGINT)
+                load.wait()
+                res["checks"]["disk"] = (f"FAILED: load stopped early, {free:.1f} GiB free on the data dir's "
+                                         f"file system (< --min-free-gib {a.min_free_gib:g})")
         hwm = read_status_kib(server.pid, "VmHWM") or 0
         metrics = scrape_metrics(http)
         server.send_signal(signal.SIGTERM)
@@ -886,12 +894,17 @@ def steady_row(a, binary, out_dir, rate):
             lg = json.load(open(lout))
         except (OSError, ValueError):
             res["checks"]["loadgen"] = f"FAILED: loadgen exit {load.returncode}: {open(lerr).read()[-400:]}"
-            return res
+            if "disk" not in res["checks"] or not os.path.exists(csv_path):
+                return res
+            # Stopped for the disk: the timeline CSV (written as it goes) still gives the table.
+            m = re.search(r"load started at unix_ns (\d+)", open(lerr).read())
+            lg = {"start_unix_ns": int(m.group(1)) if m else int((rss[0][0] if rss else time.time()) * 1e9)}
         lg.pop("timeline", None)
         res["loadgen"] = {k: lg.get(k) for k in ("sent", "accepted_items", "dropped_items", "throttled",
                                                   "errors", "latency_ms", "start_unix_ns", "elapsed_s")}
-        res["checks"]["loadgen"] = "ok" if load.returncode == 0 and not lg.get("errors") else \
-            f"FAILED: exit {load.returncode}, {lg.get('errors')} failed calls ({lg.get('first_error')})"
+        res["checks"].setdefault("loadgen", "ok" if load.returncode == 0 and not lg.get("errors") else
+                                 f"FAILED: exit {load.returncode}, {lg.get('errors')} failed calls "
+                                 f"({lg.get('first_error')})")
         books = res["books"].get("traces", {})
         res["checks"]["books"] = "ok" if books.get("balanced") and rc == 0 else f"FAILED: exit {rc}, books {books}"
         tl = read_timeline(csv_path)
@@ -995,7 +1008,7 @@ def steady_main(a, binary, target):
         print(f"\nhighest rate held for {a.minutes:g} min with nothing shed: "
               + (f"{best:g} requests/s ({fmt_rate(best * a.items)} spans/s)" if best else "none of the rates tried"))
     csvs = [f"{r['timeline_csv']}={'ordered ids' if a.ordered_ids else 'random ids'} {r['rate_req_s']:g} req/s"
-            for r in results if os.path.exists(r["timeline_csv"])]
+            for r in results if os.path.exists(r["timeline_csv"]) and sum(1 for _ in open(r["timeline_csv"])) > 2]
     if csvs:
         png = os.path.join(out_dir, "steady.png")
         env = dict(os.environ, PLOT_TITLE=f"otelring steady state: {a.items}-span requests, "
