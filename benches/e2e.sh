@@ -15,7 +15,10 @@ label=$1; server_env=$2; loadgen_args=$3
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${OTELRING_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/otelring}"
 dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+pid=
+# The data dir goes when the script ends, also on failure (a server left running is killed first).
+trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'exit 130' INT TERM
 grpc=127.0.0.1:$((20000 + RANDOM % 20000)); http=127.0.0.1:$((40000 + RANDOM % 20000))
 # shellcheck disable=SC2086 # the env and loadgen arguments are word lists
 env $server_env "$bin" --data-dir "$dir/data" --grpc-addr "$grpc" --http-addr "$http" >"$dir/out" 2>"$dir/err" &

@@ -7,6 +7,23 @@
 #   benches/matrix.sh --rate 150       # fix the sustainable rate R (requests/s) instead of auto
 #   benches/matrix.sh --only baseline,commit-w2,grpc-traces --runs 5
 #   benches/matrix.sh --list | --help  # scenario definitions | every option
+#   benches/matrix.sh --steady         # steady state: 150k spans/s offered for 10 minutes (below)
+#   benches/matrix.sh --steady --steady-rates 60,90,120,150   # highest rate held with nothing shed
+#
+# Steady state (--steady; DESIGN 3, issue 11): one release server with OTELRING_RETENTION=
+# --retention (default 3m) and --workers writers, `otelring loadgen --duration` at a fixed offered
+# rate (--steady-rate requests/s of --items spans, default 150 x 1,000 = 150k spans/s) for
+# --minutes (default 10), cycling over 100 templates whose trace and span ids are rewritten with
+# fresh random ids on every send (W3C style, as the SDKs make them). Prints per minute: offered
+# and persisted spans/s, shed share (partial-success drops + throttled + failed calls over
+# offered), data dir size (GiB) and the server's peak RSS; then the last fifth's persisted rate /
+# the first fifth's, the server's worst commit gap (from /metrics, `otelring_*commit_gap*`, when
+# the binary exports one; else n/a) and the goal (<= 1% shed, ratio >= 0.9, disk flat). The
+# loadgen's per-second timeline (--timeline-out) and a plot of persisted rate and disk over time
+# (benches/plot.sh; --plot-with CSV[=LABEL] overlays an earlier run, e.g. "before") go to --out
+# (default ${CARGO_TARGET_DIR:-target}/matrix/steady-<UTC time>/). --steady-rates R1,R2,...
+# runs one steady row per rate and reports the highest with nothing shed. The data dir (tens of
+# GB in 10 minutes) is removed when each row ends, also on failure or Ctrl-C, unless --keep.
 #
 # Every server scenario: start `otelring serve` on an empty temp data dir (ports chosen by the
 # OS, OTELRING_*/INGEST_*/DLQ_* of the caller's environment removed), run `otelring loadgen`
@@ -152,6 +169,26 @@ def parse_args():
     ap.add_argument("--tmpdir", help="where the temp data dirs go (default $TMPDIR or /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep every data dir (they can be GBs)")
     ap.add_argument("--list", action="store_true", help="print the scenarios and exit")
+    st = ap.add_argument_group("steady state (--steady)")
+    st.add_argument("--steady", action="store_true",
+                    help="run the steady-state scenario instead of the matrix (see the head of this file)")
+    st.add_argument("--minutes", type=float, default=10.0, help="minutes of load (default 10)")
+    st.add_argument("--steady-rate", type=float, default=150.0,
+                    help="offered requests/s of --items spans (default 150: 150k spans/s)")
+    st.add_argument("--steady-rates",
+                    help="comma-separated requests/s: one steady row each, then the highest rate held "
+                         "with nothing shed")
+    st.add_argument("--retention", default="3m", help="OTELRING_RETENTION of the server (default 3m)")
+    st.add_argument("--templates", type=int, default=100,
+                    help="distinct pre-encoded requests the loadgen cycles over (default 100)")
+    st.add_argument("--concurrency", type=int, default=32, help="loadgen calls in flight (default 32)")
+    st.add_argument("--ordered-ids", action="store_true",
+                    help="loadgen --ordered-ids (only to show what random ids cost)")
+    st.add_argument("--out", help="directory for the timeline CSVs, per-minute JSON and the plot")
+    st.add_argument("--min-free-gib", type=float, default=10.0,
+                    help="stop the load when the data dir's file system has less free space (default 10)")
+    st.add_argument("--plot-with", action="append", default=[], metavar="CSV[=LABEL]",
+                    help="earlier timeline CSV to overlay in the plot (repeatable)")
     a = ap.parse_args()
     if a.list:
         for n, d in SCENARIOS:
@@ -563,6 +600,8 @@ def main():
     lg_help = subprocess.run([binary, "loadgen", "--help"], capture_output=True, text=True)
     if lg_help.returncode != 0 or "--baseline-spans" not in lg_help.stdout:
         sys.exit(f"matrix: {binary} has no `loadgen --baseline-spans` (build with --features loadgen)")
+    if a.steady:
+        sys.exit(steady_main(a, binary, target))
     results = a.results or os.path.join(target, "matrix", time.strftime("results-%Y%m%dT%H%M%SZ.jsonl", time.gmtime()))
     os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
     r = Runner(a, binary, results)
@@ -724,6 +763,260 @@ def main():
     r.emit({"type": "summary", "baseline_median": base_med, "scenarios": summary, "any_check_failed": failed})
     print(f"\nresults: {results}" + (f" (logs of failed rows in {r.logs_dir})" if failed else ""))
     sys.exit(1 if failed else 0)
+
+
+# ---- steady state (--steady) ------------------------------------------------------------------
+def read_status_kib(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def scrape_metrics(http):
+    import urllib.request
+    try:
+        return urllib.request.urlopen(f"http://{http}/metrics", timeout=5).read().decode()
+    except (OSError, ValueError):
+        return None
+
+
+def commit_gap(metrics_text, log_text):
+    """The server's worst commit gap in seconds: the largest value of any exported metric whose
+    name contains commit_gap (e.g. otelring_writer_max_commit_gap_seconds), else the largest
+    'commit gap' figure in its log, else None."""
+    vals = []
+    for m in re.finditer(r"^(otelring_\w*commit_gap\w*)(\{[^}]*\})? (\S+)$", metrics_text or "", re.M):
+        if not m.group(1).endswith(("_count", "_bucket")):
+            try:
+                vals.append(float(m.group(3)))
+            except ValueError:
+                pass
+    if vals:
+        return max(vals), "metrics"
+    for m in re.finditer(r"commit[ _]gap[^0-9\n]*([0-9.]+)\s*(ms|s)\b", log_text or "", re.I):
+        vals.append(float(m.group(1)) / (1000 if m.group(2).lower() == "ms" else 1))
+    if vals:
+        return max(vals), "log"
+    return None, None
+
+
+def read_timeline(path):
+    import csv
+    rows = []
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            def num(k):
+                v = r.get(k, "")
+                return float(v) if v not in ("", None) else None
+            rows.append({k: num(k) for k in r})
+    return rows
+
+
+def steady_row(a, binary, out_dir, rate):
+    """One steady-state run at `rate` requests/s. Returns a dict (per-minute table included)."""
+    tag = f"steady-{rate:g}"
+    tmp = tempfile.mkdtemp(prefix=f"otelring-{tag}-", dir=a.tmpdir or tempfile.gettempdir())
+    data = os.path.join(tmp, "data")
+    csv_path = os.path.join(out_dir, f"timeline-{rate:g}.csv")
+    sout, serr = os.path.join(tmp, "server.out"), os.path.join(tmp, "server.err")
+    lout, lerr = os.path.join(tmp, "load.json"), os.path.join(tmp, "load.err")
+    env = server_env(a, {"OTELRING_RETENTION": a.retention})
+    seconds = a.minutes * 60
+    res = {"rate_req_s": rate, "offered_items_per_s": rate * a.items, "minutes": a.minutes,
+           "retention": a.retention, "workers": a.workers, "timeline_csv": csv_path, "checks": {}}
+    children = []
+    try:
+        with open(sout, "w") as so, open(serr, "w") as se:
+            server = subprocess.Popen([binary, "serve", "--data-dir", data, "--grpc-addr", "127.0.0.1:0",
+                                       "--http-addr", "127.0.0.1:0", "--workers", str(a.workers)],
+                                      stdout=so, stderr=se, env=env, stdin=subprocess.DEVNULL)
+        children.append(server)
+        grpc = http = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and server.poll() is None:
+            m = re.search(r"OTLP/gRPC on (\S+), OTLP/HTTP on ([^;\s]+)", open(sout).read())
+            if m:
+                grpc, http = m.groups()
+                break
+            time.sleep(0.02)
+        if grpc is None:
+            res["checks"]["start"] = "FAILED: server did not start: " + open(serr).read()[-400:]
+            return res
+        lcmd = [binary, "loadgen", "--target-grpc", grpc, "--target-http", http, "--json", "--settle-ms", "0",
+                "--requests", str(a.templates), "--items", str(a.items), "--duration", f"{seconds:g}",
+                "--rate", f"{rate:g}", "--concurrency", str(a.concurrency),
+                "--timeline-out", csv_path, "--data-dir", data]
+        if a.ordered_ids:
+            lcmd.append("--ordered-ids")
+        with open(lout, "w") as lo, open(lerr, "w") as le:
+            load = subprocess.Popen(lcmd, stdout=lo, stderr=le, stdin=subprocess.DEVNULL)
+        children.append(load)
+        rss = []  # (unix s, VmRSS MiB) every second
+        while load.poll() is None:
+            kib = read_status_kib(server.pid, "VmRSS")
+            if kib:
+                rss.append((time.time(), kib / 1024))
+            try:
+                load.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() - deadline > seconds + 600:
+                load.kill()
+                res["checks"]["loadgen"] = "FAILED: loadgen ran 10 minutes over its duration"
+            free = shutil.disk_usage(tmp).free / 2**30
+            if free < a.min_free_gib and load.poll() is None:
+                load.send_signal(signal.SIGINT)
+                load.wait()
+                res["checks"]["disk"] = (f"FAILED: load stopped early, {free:.1f} GiB free on the data dir's "
+                                         f"file system (< --min-free-gib {a.min_free_gib:g})")
+        hwm = read_status_kib(server.pid, "VmHWM") or 0
+        metrics = scrape_metrics(http)
+        server.send_signal(signal.SIGTERM)
+        try:
+            rc = server.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            rc = server.wait()
+            res["checks"]["stop"] = "FAILED: no exit within 300 s of SIGTERM"
+        children.clear()
+        log = open(serr).read()
+        res["server_exit"] = rc
+        res["books"] = parse_books(log)
+        res["peak_rss_mib"] = hwm / 1024
+        gap, gap_from = commit_gap(metrics, log)
+        res["worst_commit_gap_s"], res["commit_gap_source"] = gap, gap_from
+        try:
+            lg = json.load(open(lout))
+        except (OSError, ValueError):
+            res["checks"]["loadgen"] = f"FAILED: loadgen exit {load.returncode}: {open(lerr).read()[-400:]}"
+            if "disk" not in res["checks"] or not os.path.exists(csv_path):
+                return res
+            # Stopped for the disk: the timeline CSV (written as it goes) still gives the table.
+            m = re.search(r"load started at unix_ns (\d+)", open(lerr).read())
+            lg = {"start_unix_ns": int(m.group(1)) if m else int((rss[0][0] if rss else time.time()) * 1e9)}
+        lg.pop("timeline", None)
+        res["loadgen"] = {k: lg.get(k) for k in ("sent", "accepted_items", "dropped_items", "throttled",
+                                                  "errors", "latency_ms", "start_unix_ns", "elapsed_s")}
+        res["checks"].setdefault("loadgen", "ok" if load.returncode == 0 and not lg.get("errors") else
+                                 f"FAILED: exit {load.returncode}, {lg.get('errors')} failed calls "
+                                 f"({lg.get('first_error')})")
+        books = res["books"].get("traces", {})
+        res["checks"]["books"] = "ok" if books.get("balanced") and rc == 0 else f"FAILED: exit {rc}, books {books}"
+        tl = read_timeline(csv_path)
+        start = lg["start_unix_ns"] / 1e9
+        table = []
+        for m in range(int(-(-seconds // 60))):
+            rows = [r for r in tl if m * 60 < (r["t_s"] or 0) <= (m + 1) * 60]
+            if not rows:
+                continue
+            offered = sum(r["offered_items"] or 0 for r in rows)
+            shed = sum((r["dropped_items"] or 0) + ((r["throttled_calls"] or 0) + (r["error_calls"] or 0)) * a.items
+                       for r in rows)
+            sizes = [r["data_dir_bytes"] for r in rows if r["data_dir_bytes"] is not None]
+            mem = [v for t, v in rss if m * 60 < t - start <= (m + 1) * 60]
+            table.append({"minute": m + 1, "seconds": len(rows),
+                          "offered_per_s": offered / len(rows),
+                          "persisted_per_s": sum(r["persisted_items"] or 0 for r in rows) / len(rows),
+                          "shed_share": shed / offered if offered else None,
+                          "data_dir_gib": sizes[-1] / 2**30 if sizes else None,
+                          "rss_mib_max": max(mem) if mem else None})
+        res["per_minute"] = table
+        fifth = max(1, len(tl) // 5)
+        p = [r["persisted_items"] or 0 for r in tl]
+        first, last = sum(p[:fifth]) / fifth, sum(p[-fifth:]) / fifth
+        res["first_fifth_per_s"], res["last_fifth_per_s"] = first, last
+        res["last_over_first"] = last / first if first else None
+        offered = sum(r["offered_items"] or 0 for r in tl)
+        shed = sum((r["dropped_items"] or 0) + ((r["throttled_calls"] or 0) + (r["error_calls"] or 0)) * a.items
+                   for r in tl)
+        res["shed_share"] = shed / offered if offered else None
+        return res
+    except BaseException:
+        for c in children:
+            c.kill()
+            c.wait()
+        raise
+    finally:
+        if a.keep:
+            print(f"matrix: kept {tmp}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_steady(res, items):
+    gib = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    pct = lambda x: "n/a" if x is None else f"{x * 100:.1f}%"  # noqa: E731
+    print(f"\nsteady state: {res['rate_req_s']:g} requests/s x {items} spans offered "
+          f"({fmt_rate(res['offered_items_per_s'])} spans/s) for {res['minutes']:g} min, "
+          f"OTELRING_RETENTION={res['retention']}, {res['workers']} writers")
+    print(f"{'minute':>6} {'offered/s':>10} {'persisted/s':>12} {'shed':>7} {'data dir GiB':>13} {'RSS MiB':>8}")
+    for m in res.get("per_minute", []):
+        print(f"{m['minute']:>6} {fmt_rate(m['offered_per_s']):>10} {fmt_rate(m['persisted_per_s']):>12} "
+              f"{pct(m['shed_share']):>7} {gib(m['data_dir_gib']):>13} "
+              f"{'n/a' if m['rss_mib_max'] is None else format(m['rss_mib_max'], '.0f'):>8}")
+    ratio = res.get("last_over_first")
+    gap = res.get("worst_commit_gap_s")
+    gap_text = "n/a" if gap is None else f"{gap * 1000:.0f} ms (from the server's {res['commit_gap_source']})"
+    print(f"last fifth / first fifth persisted: {fmt_rate(res.get('last_fifth_per_s'))} / "
+          f"{fmt_rate(res.get('first_fifth_per_s'))} = {'n/a' if ratio is None else f'{ratio:.2f}'}; "
+          f"shed {pct(res.get('shed_share'))}; peak RSS {res.get('peak_rss_mib', 0):.0f} MiB; "
+          f"worst commit gap {gap_text}")
+    mins = res.get("per_minute", [])
+    sizes = [m["data_dir_gib"] for m in mins if m["data_dir_gib"] is not None]
+    # Disk flat: the last minute's size within 10% of the size at the start of the second half
+    # (judged from 4 minutes on: a shorter run has not passed its retention).
+    half = sizes[len(sizes) // 2:]
+    flat = half[-1] <= half[0] * 1.10 + 0.05 if len(sizes) >= 4 else None
+    goal = (res.get("shed_share") is not None and res["shed_share"] <= 0.01 and ratio is not None
+            and ratio >= 0.9 and flat)
+    res["disk_flat"], res["goal_met"] = flat, goal
+    disk = {True: "flat", False: "growing", None: "not judged: under 4 minutes"}[flat]
+    print(f"goal (<= 1% shed, last/first fifth >= 0.9, disk flat over the second half): "
+          f"{'n/a' if flat is None else 'MET' if goal else 'NOT MET'} (disk {disk})")
+    for k, v in res.get("checks", {}).items():
+        if str(v).startswith("FAILED"):
+            print(f"check {k}: {v}")
+
+
+def steady_main(a, binary, target):
+    out_dir = a.out or os.path.join(target, "matrix", time.strftime("steady-%Y%m%dT%H%M%SZ", time.gmtime()))
+    os.makedirs(out_dir, exist_ok=True)
+    rates = [float(x) for x in a.steady_rates.split(",")] if a.steady_rates else [a.steady_rate]
+    print(f"matrix: steady state at {', '.join(f'{r:g}' for r in rates)} requests/s x {a.items} spans, "
+          f"{a.minutes:g} min each, retention {a.retention}; load average {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPUs; output in {out_dir}", flush=True)
+    results, failed = [], False
+    for rate in rates:
+        res = steady_row(a, binary, out_dir, rate)
+        if res.get("per_minute"):
+            print_steady(res, a.items)
+        failed |= any(str(v).startswith("FAILED") for v in res["checks"].values())
+        for k, v in res["checks"].items():
+            if str(v).startswith("FAILED") and not res.get("per_minute"):
+                print(f"check {k}: {v}")
+        results.append(res)
+        with open(os.path.join(out_dir, "steady.jsonl"), "a") as f:
+            f.write(json.dumps(res, sort_keys=True) + "\n")
+    held = [r["rate_req_s"] for r in results if r.get("shed_share") == 0 and r["checks"].get("books") == "ok"]
+    if len(rates) > 1:
+        best = max(held) if held else None
+        print(f"\nhighest rate held for {a.minutes:g} min with nothing shed: "
+              + (f"{best:g} requests/s ({fmt_rate(best * a.items)} spans/s)" if best else "none of the rates tried"))
+    csvs = [f"{r['timeline_csv']}={'ordered ids' if a.ordered_ids else 'random ids'} {r['rate_req_s']:g} req/s"
+            for r in results if os.path.exists(r["timeline_csv"]) and sum(1 for _ in open(r["timeline_csv"])) > 2]
+    if csvs:
+        png = os.path.join(out_dir, "steady.png")
+        env = dict(os.environ, PLOT_TITLE=f"otelring steady state: {a.items}-span requests, "
+                                          f"OTELRING_RETENTION={a.retention}")
+        p = subprocess.run([os.path.join(REPO, "benches", "plot.sh"), png, *a.plot_with, *csvs], env=env)
+        print(f"plot: {png}" if p.returncode == 0 else f"plot: FAILED (plot.sh exit {p.returncode})", flush=True)
+    print(f"results: {out_dir}")
+    return 1 if failed else 0
 
 
 def on_signal(signum, _frame):

@@ -1,18 +1,22 @@
 //! Pipeline benchmark (criterion): decoded requests → admission → lanes → writer threads →
 //! SQLite shards in a temp dir, in persisted spans per second, so regressions show without
 //! sockets. Requests are decoded once from a realistic protobuf request (the decoder is measured by
-//! benches/decode.rs); each submitted copy gets fresh trace ids, so idempotent inserts never hide
-//! work. Timed: from the first submit until every admitted span is committed.
+//! benches/decode.rs); each submitted copy gets fresh random trace ids and span ids (128 and 64
+//! bits, as the OpenTelemetry SDKs make them; parent links kept), so idempotent inserts never hide
+//! work and every index takes the scattered keys a real fleet sends. Timed: from the first submit
+//! until every admitted span is committed.
 //!
-//! Run: `cargo bench --bench pipeline`.
+//! Run: `cargo bench --bench pipeline` (`PIPELINE_BENCH_ORDERED_IDS=1`: sequential trace ids
+//! instead, only to show the difference).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use otelring::bench_baseline::Gen;
 use otelring::config::{DecodeConfig, PipelineConfig, StoreConfig};
-use otelring::pipeline::batch::{Received, Request, Rows, TraceId};
+use otelring::pipeline::batch::{Received, Request, Rows, SpanId, TraceId};
 use otelring::pipeline::{Outcome, Pipeline, Signal, Stats};
 use otelring::store::Store;
 use prost::Message;
@@ -70,17 +74,49 @@ fn encoded_request() -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// The decoded request with every trace id replaced by a fresh one from `next`.
-fn fresh(template: &Rows, next: &mut u64) -> Request {
+/// Fresh ids for the copies of the template: random (W3C-style, never zero) or, only to show the
+/// difference, sequential trace ids.
+struct Ids {
+    rng: Gen,
+    ordered: bool,
+    next: u64,
+}
+
+impl Ids {
+    fn trace(&mut self) -> TraceId {
+        let mut id = [0u8; 16];
+        if self.ordered {
+            self.next += 1;
+            id[..8].copy_from_slice(&[0xbe; 8]);
+            id[8..].copy_from_slice(&self.next.to_be_bytes());
+        } else {
+            while id == [0; 16] {
+                id[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+                id[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+            }
+        }
+        TraceId(id)
+    }
+
+    fn span(&mut self) -> SpanId {
+        SpanId(self.rng.next_u64().max(1).to_be_bytes())
+    }
+}
+
+/// The decoded request with every trace id and span id replaced by a fresh one (random unless
+/// ordered), each span's parent pointing at its parent's new id.
+fn fresh(template: &Rows, ids: &mut Ids) -> Request {
     let mut rows = template.clone();
     if let Rows::Traces(groups) = &mut rows {
         for g in groups {
-            *next += 1;
-            let mut id = [0xbe; 16];
-            id[8..].copy_from_slice(&next.to_be_bytes());
-            g.trace.trace_id = TraceId(id);
+            let id = ids.trace();
+            g.trace.trace_id = id;
+            let new: Vec<(SpanId, SpanId)> = g.spans.iter().map(|s| (s.span_id, ids.span())).collect();
+            let renamed = |old: SpanId| new.iter().find(|(o, _)| *o == old).map_or(old, |(_, n)| *n);
             for s in &mut g.spans {
-                s.trace_id = TraceId(id);
+                s.trace_id = id;
+                s.span_id = renamed(s.span_id);
+                s.parent_span_id = s.parent_span_id.map(renamed);
             }
         }
     }
@@ -109,10 +145,11 @@ fn bench(c: &mut Criterion) {
             PipelineConfig { shards, queue_size: 65_536, max_bytes: 1 << 38, ..PipelineConfig::default() };
         let pipeline = Pipeline::new(cfg, stats.clone()).expect("pipeline");
         pipeline.start(store.into_writers()).expect("start");
-        let mut next = 0u64;
+        let ordered = std::env::var_os("PIPELINE_BENCH_ORDERED_IDS").is_some_and(|v| v != "0");
+        let mut ids = Ids { rng: Gen::new(0x5EED + shards as u64), ordered, next: 0 };
         g.bench_function(format!("submit_to_commit_{shards}_shard"), |b| {
             b.iter_custom(|iters| {
-                let requests: Vec<Request> = (0..iters).map(|_| fresh(&template, &mut next)).collect();
+                let requests: Vec<Request> = (0..iters).map(|_| fresh(&template, &mut ids)).collect();
                 let persisted = || stats.signal(Signal::Traces).persisted_items.load(Ordering::Relaxed);
                 let target = persisted() + iters * SPANS;
                 let start = Instant::now();

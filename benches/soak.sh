@@ -15,7 +15,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export SOAK_REPO="$repo"
 exec python3 - "$@" <<'PY'
-import argparse, glob, json, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import argparse, atexit, glob, json, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
 ap = argparse.ArgumentParser(prog="benches/soak.sh")
 ap.add_argument("--minutes", type=float, default=10)
@@ -35,12 +35,28 @@ if not a.bin and not a.no_build:
     subprocess.run(["cargo", "build", "--release", "--features", "loadgen"], cwd=repo, check=True)
 
 tmp = tempfile.mkdtemp(prefix="otelring-soak-", dir=a.tmpdir)
+children = []
+
+
+def cleanup():
+    # The data dir goes when the script ends, also on failure or a signal (unless --keep).
+    for c in children:
+        if c.poll() is None:
+            c.kill()
+            c.wait()
+    if not a.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+atexit.register(cleanup)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 data = os.path.join(tmp, "data")
 env = {k: v for k, v in os.environ.items() if not k.startswith(("OTELRING_", "INGEST_", "DLQ_"))}
 so, se = open(os.path.join(tmp, "server.out"), "w"), open(os.path.join(tmp, "server.err"), "w")
 server = subprocess.Popen([binary, "serve", "--data-dir", data, "--grpc-addr", "127.0.0.1:0",
                            "--http-addr", "127.0.0.1:0", "--workers", str(a.workers)],
                           stdout=so, stderr=se, env=env, stdin=subprocess.DEVNULL)
+children.append(server)
 grpc = http = None
 for _ in range(1500):
     m = re.search(r"OTLP/gRPC on (\S+), OTLP/HTTP on ([^;\s]+)", open(so.name).read())
@@ -76,6 +92,7 @@ load = subprocess.Popen([binary, "loadgen", "--target-grpc", grpc, "--target-htt
                          "--rate", str(a.rate), "--items", str(a.items), "--requests", "300",
                          "--duration", str(duration), "--json", "--settle-ms", "0"],
                         stdout=open(lout, "w"), stderr=open(os.path.join(tmp, "load.err"), "w"))
+children.append(load)
 samples, t0 = [], time.monotonic()
 while load.poll() is None:
     samples.append({

@@ -13,7 +13,9 @@
 //!   `WITHOUT ROWID` spans table for comparison.
 //!
 //! Every configuration runs [`ROUNDS`] times, interleaved, and the medians are printed (row
-//! generation is outside the timed region). Then a short criterion group (20,000-span groups into
+//! generation is outside the timed region). Trace and span ids are random, as the OpenTelemetry
+//! SDKs make them (`STORE_BENCH_ORDERED_IDS=1`: sequential trace ids for "ours", only to show the
+//! difference; the baseline keeps random ids). Then a short criterion group (20,000-span groups into
 //! a warm file) for regression tracking. Run: `nice -n 0 cargo bench --bench store`
 //! (`STORE_BENCH_SPANS=100000` for a quick look). Figures: docs/PERFORMANCE.md, "## Store".
 
@@ -70,6 +72,14 @@ fn open_writers(dir: &std::path::Path, shards: usize, variant: Variant) -> Vec<S
     st.into_shard_writers()
 }
 
+/// The span generator: random ids, or sequential trace ids with `STORE_BENCH_ORDERED_IDS=1`.
+fn generator(seed: u64) -> Gen {
+    match std::env::var("STORE_BENCH_ORDERED_IDS") {
+        Ok(v) if v != "0" => Gen::ordered(seed),
+        _ => Gen::new(seed),
+    }
+}
+
 /// Spans/s of `total` spans in groups of `group_spans` into `shards` empty shards written in
 /// parallel (one thread per shard, wall clock from a barrier).
 fn ours(total: usize, group_spans: usize, shards: usize, variant: Variant) -> f64 {
@@ -83,7 +93,7 @@ fn ours(total: usize, group_spans: usize, shards: usize, variant: Variant) -> f6
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 let s = Shared::default();
-                let mut g = Gen::new(0x5EED + i as u64);
+                let mut g = generator(0x5EED + i as u64);
                 let mut left = total / shards;
                 let mut busy = Duration::ZERO;
                 barrier.wait();
@@ -165,7 +175,11 @@ fn headline(total: usize) {
         }
     }
     let base = median(results[0].clone());
-    println!("\nstore: {total} spans per run, medians of {ROUNDS} interleaved runs");
+    let ids = match std::env::var("STORE_BENCH_ORDERED_IDS") {
+        Ok(v) if v != "0" => "ordered trace ids (ours), random (baseline)",
+        _ => "random trace and span ids",
+    };
+    println!("\nstore: {total} spans per run, {ids}, medians of {ROUNDS} interleaved runs");
     for ((name, _), r) in runs.iter().zip(results) {
         let all: Vec<String> = r.iter().map(|x| format!("{:.0}k", x / 1e3)).collect();
         let m = median(r);
@@ -182,7 +196,7 @@ fn criterion_group_20k() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = open_writers(dir.path(), 1, Variant::Full).pop().expect("writer");
         let s = Shared::default();
-        let mut g = Gen::new(7);
+        let mut g = generator(7);
         b.iter_custom(|iters| {
             let mut busy = Duration::ZERO;
             for _ in 0..iters {

@@ -5,6 +5,10 @@
 //! binary (`otelring loadgen --baseline-spans 500000`, used by `benches/matrix.sh` to put a
 //! ratio next to every end-to-end figure) run the very same code.
 //!
+//! Ids are random as the OpenTelemetry SDKs make them (W3C trace context: 128-bit trace ids and
+//! 64-bit span ids from the generator, so every index takes scattered keys as from a real fleet);
+//! [`Gen::ordered`] gives sequential trace ids instead, only to show the difference.
+//!
 //! The baseline: plain rusqlite inserting `total` spans (about 200 bytes of attribute JSON each,
 //! 5 spans per trace, random trace ids) into an empty file, WAL + `synchronous=NORMAL`, a rowid
 //! spans table with indexes on trace_id and on (service_name, start time), one trace upsert per
@@ -33,14 +37,21 @@ pub const BASELINE_FILE: &str = "baseline.db";
 
 /// splitmix64 for deterministic ids and values; the second field is a clock that advances the
 /// span start times the way a live service does (start times near "now", so time-ordered
-/// indexes append).
+/// indexes append); the third, with [`Gen::ordered`], the next sequential trace id.
 #[derive(Debug, Clone)]
-pub struct Gen(u64, i64);
+pub struct Gen(u64, i64, Option<(u64, u64)>);
 
 impl Gen {
-    /// A generator seeded with `seed`, its clock at zero.
+    /// A generator seeded with `seed`, its clock at zero: random trace and span ids.
     pub fn new(seed: u64) -> Self {
-        Gen(seed, 0)
+        Gen(seed, 0, None)
+    }
+
+    /// As [`Gen::new`], but trace ids `seed ‖ n` for n = 0, 1, 2...: consecutive traces sort next
+    /// to each other and every index on trace ids appends at its right edge. No SDK makes such
+    /// ids; only to show what random ids cost.
+    pub fn ordered(seed: u64) -> Self {
+        Gen(seed, 0, Some((seed, 0)))
     }
 
     /// The next pseudo-random value.
@@ -97,8 +108,16 @@ fn attributes(g: &mut Gen) -> String {
 /// builds it. About 1% of traces carry an ERROR span.
 pub fn trace(g: &mut Gen, s: &Shared) -> TraceGroup {
     let mut tid = [0u8; 16];
-    tid[..8].copy_from_slice(&g.next_u64().to_le_bytes());
-    tid[8..].copy_from_slice(&g.next_u64().to_le_bytes());
+    if let Some((seed, n)) = g.2 {
+        g.2 = Some((seed, n + 1));
+        tid[..8].copy_from_slice(&seed.to_be_bytes());
+        tid[8..].copy_from_slice(&n.to_be_bytes());
+    } else {
+        while tid == [0; 16] {
+            tid[..8].copy_from_slice(&g.next_u64().to_le_bytes());
+            tid[8..].copy_from_slice(&g.next_u64().to_le_bytes());
+        }
+    }
     let trace_id = TraceId(tid);
     let svc = (g.next_u64() % s.services.len() as u64) as usize;
     // Traces start 200 µs apart (5,000 traces/s), with up to 1 ms of jitter.

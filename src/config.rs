@@ -703,7 +703,7 @@ mod cli {
         Sql(SqlArgs),
         /// Drive a running server with pre-encoded OTLP load (built with `--features loadgen`).
         #[cfg(feature = "loadgen")]
-        Loadgen(crate::loadgen::LoadgenArgs),
+        Loadgen(Box<crate::loadgen::LoadgenArgs>),
     }
 
     /// Every setting of the server commands (`serve`, `config`, the default command).
@@ -745,7 +745,7 @@ mod cli {
         /// Drive a running server with pre-encoded OTLP load and report throughput and latency
         /// (built with `--features loadgen`).
         #[cfg(feature = "loadgen")]
-        Loadgen(crate::loadgen::LoadgenArgs),
+        Loadgen(Box<crate::loadgen::LoadgenArgs>),
     }
 
     impl From<RawCli> for Cli {

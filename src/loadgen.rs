@@ -3,20 +3,25 @@
 //!
 //! - Requests are built and encoded before the clock starts (prost types of the
 //!   `opentelemetry-proto` crate), every one with its own trace/span ids, so idempotent inserts
-//!   never hide work: several services, 5-span traces nested root → children, 10 attributes per
+//!   never hide work: several services of [`INSTANCES_PER_SERVICE`] instances, each with a
+//!   realistic resource ([`resource`]), 5-span traces nested root → children, 10 attributes per
 //!   span, span events, a share of error and slow traces; log records of every severity; all five
-//!   metric types.
+//!   metric types. Trace and span ids are random as the OpenTelemetry SDKs make them (W3C trace
+//!   context), so every index takes scattered keys as from a real fleet; `--ordered-ids` gives
+//!   sequential ids instead, only to show the difference.
 //! - Two modes: `--rate R` is open loop (request i is due at start + i/R and its latency counts from
 //!   that due time, so coordinated omission cannot hide queueing); `--rate 0` sends as fast as
 //!   the server answers, `--concurrency` calls in flight.
 //! - `--duration S` runs for S seconds instead of sending each request once: the pre-encoded
 //!   requests (`--requests` of them) are sent in turn, again and again, each send with its trace
-//!   and span ids rewritten in place ([`rewrite`]) so that every send is distinct.
+//!   and span ids replaced by fresh random ones in a copy of the body ([`rewrite`]), parent and
+//!   log → trace links kept, so that every send is distinct.
 //! - Output: a progress line per second on stderr; at the end a table (or `--json`) with sent,
 //!   accepted, partial-success dropped, throttled, errors per signal, Export latency
 //!   p50/p90/p99/p999/max (hdrhistogram), a per-second timeline (with the server's persisted
 //!   items scraped from `/metrics` every second), and, scraped from the server's `/metrics`,
-//!   persisted items and the end-to-end latency.
+//!   persisted items and the end-to-end latency. `--timeline-out FILE` writes the per-second
+//!   timeline as CSV ([`TIMELINE_HEADER`]), with the data dir's size when `--data-dir` is given.
 //! - `--priority-ids-out FILE` writes the trace id and span count of every priority trace (an
 //!   ERROR span, or a span of 600 ms: over the server's default 500 ms slow threshold) of every
 //!   acknowledged request, so a benchmark can check by id that none was lost or dropped.
@@ -56,6 +61,9 @@ pub const SPANS_PER_TRACE: u64 = 5;
 pub const ATTRIBUTES_PER_SPAN: usize = 10;
 /// Services the generated resources cycle through.
 pub const SERVICES: [&str; 5] = ["checkout", "cart", "payment", "shipping", "frontend"];
+/// Distinct instances (pods, hosts) per service: a request's resource is one of
+/// `SERVICES.len() × INSTANCES_PER_SERVICE`, as a real fleet has.
+pub const INSTANCES_PER_SERVICE: u64 = 4;
 /// Largest items per request accepted by `--items`.
 pub const MAX_ITEMS: u64 = 10_000;
 
@@ -122,9 +130,27 @@ pub struct LoadgenArgs {
     /// Share of traces with a span over 500 ms (priority data).
     #[arg(long, default_value_t = 0.02)]
     pub slow_share: f64,
-    /// Seed of the generator: two runs with different seeds send different ids.
+    /// Seed of the generator (ids as generated, attribute values, priority choices): two runs
+    /// with different seeds send different ids. The fresh ids of `--duration`'s later sends come
+    /// from a generator seeded anew in every run.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Ordered ids instead of random ones, only to show the difference: trace ids
+    /// `seed ‖ (request << 24 | trace)` and, with `--duration`, one XOR mask per cycle, so
+    /// consecutive traces sort next to each other and every index appends at its right edge.
+    /// Without it every trace id and span id is random, as the OpenTelemetry SDKs make them (W3C
+    /// trace context), and `--duration` draws fresh random ids for every send.
+    #[arg(long)]
+    pub ordered_ids: bool,
+    /// Write the per-second timeline as CSV to this file (one row per second, written as it
+    /// goes): offered, accepted, partial-success dropped items, throttled and failed calls,
+    /// Export latency p50/p99, the server's persisted items (from /metrics), the data dir's size.
+    #[arg(long, value_name = "FILE")]
+    pub timeline_out: Option<PathBuf>,
+    /// The server's data dir, read only: its size in bytes (every file under it) goes into the
+    /// timeline every second.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Tenant header to send.
     #[arg(long)]
     pub tenant: Option<String>,
@@ -164,13 +190,79 @@ fn s(v: &str) -> any_value::Value {
     any_value::Value::StringValue(v.into())
 }
 
-fn resource(service: &str, host: u64) -> Option<Resource> {
+/// splitmix64: stable pseudo-random values for the resource attributes.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `n` lowercase hex digits derived from `seed`.
+fn hex_digits(seed: u64, n: usize) -> String {
+    (0..n.div_ceil(16)).map(|k| format!("{:016x}", mix(seed ^ mix(k as u64)))).collect::<String>()[..n].into()
+}
+
+/// A UUID-shaped string derived from `seed`.
+fn uuid(seed: u64) -> String {
+    let h = hex_digits(seed, 32);
+    format!("{}-{}-4{}-a{}-{}", &h[..8], &h[8..12], &h[13..16], &h[17..20], &h[20..])
+}
+
+/// The resource of instance `instance` (a pod; [`INSTANCES_PER_SERVICE`] per service) of
+/// `service`, as a Java service instrumented by the OpenTelemetry agent on Kubernetes (EKS)
+/// reports it: the SDK's service.* and telemetry.*, the host, os, process, container, k8s and
+/// cloud detectors' attributes. 32 attributes, about 1.4 KB encoded (the `default_resource_is_realistic`
+/// test pins the range 0.5–1.5 KB). The same (service, instance) gives the same resource, so a
+/// fleet of `SERVICES.len() × INSTANCES_PER_SERVICE` distinct resources sends the load.
+pub fn resource(service: &str, instance: u64) -> Option<Resource> {
+    let svc = SERVICES.iter().position(|s| *s == service).unwrap_or(0) as u64;
+    let seed = mix((svc << 32) | instance);
+    let replicaset = hex_digits(mix(svc), 9);
+    let pod = format!("{service}-{replicaset}-{}", &hex_digits(seed, 5));
+    let node = format!("ip-10-0-{}-{}.eu-west-1.compute.internal", seed % 4, (seed >> 8) % 250 + 2);
+    let zone = ["eu-west-1a", "eu-west-1b", "eu-west-1c"][(seed % 3) as usize];
+    let i = |v: i64| any_value::Value::IntValue(v);
     Some(Resource {
         attributes: vec![
             kv("service.name", s(service)),
+            kv("service.namespace", s("shop")),
             kv("service.version", s("1.4.2")),
-            kv("host.name", s(&format!("host-{host}"))),
-            kv("deployment.environment", s("load")),
+            kv("service.instance.id", s(&uuid(seed))),
+            kv("deployment.environment.name", s("production")),
+            kv("telemetry.sdk.name", s("opentelemetry")),
+            kv("telemetry.sdk.language", s("java")),
+            kv("telemetry.sdk.version", s("1.44.1")),
+            kv("host.name", s(&pod)),
+            kv("host.arch", s("amd64")),
+            kv("os.type", s("linux")),
+            kv("os.description", s("Linux 6.1.0-28-cloud-amd64")),
+            kv("process.pid", i(1)),
+            kv("process.executable.name", s("java")),
+            kv(
+                "process.command_line",
+                s(&format!(
+                    "/opt/java/openjdk/bin/java -javaagent:/otel/opentelemetry-javaagent.jar -Xms512m \
+                     -Xmx2g -jar /app/{service}.jar --spring.profiles.active=prod"
+                )),
+            ),
+            kv("process.runtime.name", s("OpenJDK Runtime Environment")),
+            kv("process.runtime.version", s("21.0.5+11-LTS")),
+            kv("container.id", s(&hex_digits(seed ^ 1, 64))),
+            kv("container.image.name", s(&format!("registry.example.com/shop/{service}"))),
+            kv("container.image.tag", s("1.4.2")),
+            kv("k8s.cluster.name", s("prod-eu-west-1")),
+            kv("k8s.namespace.name", s("shop")),
+            kv("k8s.node.name", s(&node)),
+            kv("k8s.pod.name", s(&pod)),
+            kv("k8s.pod.uid", s(&uuid(seed ^ 2))),
+            kv("k8s.replicaset.name", s(&format!("{service}-{replicaset}"))),
+            kv("k8s.deployment.name", s(service)),
+            kv("cloud.provider", s("aws")),
+            kv("cloud.platform", s("aws_eks")),
+            kv("cloud.region", s("eu-west-1")),
+            kv("cloud.availability_zone", s(zone)),
+            kv("cloud.account.id", s("123456789012")),
         ],
         ..Default::default()
     })
@@ -205,7 +297,8 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Request `r` of the run: distinct ids from (seed, r, item).
+/// Request `r` of the run: random trace and span ids (W3C, as the SDKs make them), or with
+/// `--ordered-ids` distinct ordered ids from (seed, r, item).
 fn traces_request(
     a: &LoadgenArgs,
     r: u64,
@@ -217,9 +310,14 @@ fn traces_request(
     let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
     let mut left = a.items;
     for t in 0..traces {
-        let mut trace_id = [0u8; 16];
-        trace_id[..8].copy_from_slice(&a.seed.to_be_bytes());
-        trace_id[8..].copy_from_slice(&((r << 24) | t).to_be_bytes());
+        let (trace_id, root) = if a.ordered_ids {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&a.seed.to_be_bytes());
+            id[8..].copy_from_slice(&((r << 24) | t).to_be_bytes());
+            (id, ((r << 32) | (t << 4) | 1).to_be_bytes())
+        } else {
+            (rewrite::random_trace_id(rng), rewrite::random_span_id(rng))
+        };
         let error = rng.f64() < a.error_share;
         let slow = rng.f64() < a.slow_share;
         let service = (t as usize) % SERVICES.len();
@@ -230,8 +328,12 @@ fn traces_request(
         }
         let start = base - 1_000_000_000 + t * 1_000;
         for i in 0..n {
-            let span_id = ((r << 32) | (t << 4) | (i + 1)).to_be_bytes().to_vec();
-            let parent = if i == 0 { Vec::new() } else { ((r << 32) | (t << 4) | 1).to_be_bytes().to_vec() };
+            let span_id = match i {
+                0 => root.to_vec(),
+                _ if a.ordered_ids => ((r << 32) | (t << 4) | (i + 1)).to_be_bytes().to_vec(),
+                _ => rewrite::random_span_id(rng).to_vec(),
+            };
+            let parent = if i == 0 { Vec::new() } else { root.to_vec() };
             let dur = if slow && i == 0 { 600_000_000 } else { 1_000_000 + rng.u64(0..20_000_000) };
             let mut attributes = vec![
                 kv("http.method", s(["GET", "POST", "PUT"][(i % 3) as usize])),
@@ -283,7 +385,7 @@ fn traces_request(
             .enumerate()
             .filter(|(_, v)| !v.is_empty())
             .map(|(i, spans)| ResourceSpans {
-                resource: resource(SERVICES[i], r % 16),
+                resource: resource(SERVICES[i], r % INSTANCES_PER_SERVICE),
                 scope_spans: vec![ScopeSpans { scope: scope(), spans, ..Default::default() }],
                 ..Default::default()
             })
@@ -294,13 +396,19 @@ fn traces_request(
 
 fn logs_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportLogsServiceRequest {
     let base = now_ns();
+    // Every third record carries a trace context; 10 of them in a row share a trace (and span).
+    let mut context = (Vec::new(), Vec::new());
     let records = (0..a.items)
         .map(|i| {
             let sev = (i % 24 + 1) as i32;
-            let mut trace_id = Vec::new();
-            if i % 3 == 0 {
-                trace_id = [a.seed.to_be_bytes(), ((r << 24) | i | (1 << 23)).to_be_bytes()].concat();
+            if i % 30 == 0 {
+                context = if a.ordered_ids {
+                    ([a.seed.to_be_bytes(), ((r << 24) | i | (1 << 23)).to_be_bytes()].concat(), vec![1; 8])
+                } else {
+                    (rewrite::random_trace_id(rng).to_vec(), rewrite::random_span_id(rng).to_vec())
+                };
             }
+            let (trace_id, span_id) = if i % 3 == 0 { context.clone() } else { (Vec::new(), Vec::new()) };
             LogRecord {
                 time_unix_nano: base - 1_000_000 + i,
                 observed_time_unix_nano: base,
@@ -315,7 +423,7 @@ fn logs_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportLogsS
                     kv("user.id", any_value::Value::IntValue(rng.i64(0..1_000_000))),
                     kv("request.id", s(&format!("{r:x}-{i:x}"))),
                 ],
-                span_id: if trace_id.is_empty() { Vec::new() } else { vec![1; 8] },
+                span_id,
                 trace_id,
                 ..Default::default()
             }
@@ -323,7 +431,7 @@ fn logs_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportLogsS
         .collect();
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: resource(SERVICES[(r as usize) % SERVICES.len()], r % 16),
+            resource: resource(SERVICES[(r as usize) % SERVICES.len()], r % INSTANCES_PER_SERVICE),
             scope_logs: vec![ScopeLogs { scope: scope(), log_records: records, ..Default::default() }],
             ..Default::default()
         }],
@@ -413,7 +521,7 @@ fn metrics_request(a: &LoadgenArgs, r: u64, rng: &mut fastrand::Rng) -> ExportMe
         .collect();
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
-            resource: resource(SERVICES[(r as usize) % SERVICES.len()], r % 16),
+            resource: resource(SERVICES[(r as usize) % SERVICES.len()], r % INSTANCES_PER_SERVICE),
             scope_metrics: vec![ScopeMetrics { scope: scope(), metrics, ..Default::default() }],
             ..Default::default()
         }],
@@ -427,8 +535,10 @@ struct Prepared {
     items: u64,
     /// Priority traces (traces requests only), as generated (cycle 0).
     priority: Vec<PriorityTrace>,
-    /// Where the ids sit in `body` (only with `--duration`).
-    ids: Vec<rewrite::IdAt>,
+    /// The slot of each priority trace in `ids` (random ids with `--duration`).
+    priority_slots: Vec<usize>,
+    /// Where the ids sit in `body`, grouped by value (only with `--duration`).
+    ids: rewrite::Ids,
 }
 
 impl Prepared {
@@ -493,8 +603,20 @@ fn prepare(a: &LoadgenArgs) -> Result<Vec<Prepared>, String> {
                 (payload, 0)
             };
             // Ids are only rewritten with --duration (checked: protobuf, no gzip).
-            let ids = if a.duration.is_some() { rewrite::locate(signal, &body, base)? } else { Vec::new() };
-            Ok(Prepared { signal, body: Bytes::from(body), items: a.items, priority, ids })
+            let ids = if a.duration.is_some() {
+                rewrite::Ids::new(&body, rewrite::locate(signal, &body, base)?)
+            } else {
+                rewrite::Ids::default()
+            };
+            let priority_slots = if a.duration.is_some() && !a.ordered_ids {
+                priority
+                    .iter()
+                    .map(|(id, _)| ids.trace_slot(id).ok_or("a priority trace id is not in its request"))
+                    .collect::<Result<_, _>>()?
+            } else {
+                Vec::new()
+            };
+            Ok(Prepared { signal, body: Bytes::from(body), items: a.items, priority, priority_slots, ids })
         })
         .collect()
 }
@@ -525,6 +647,8 @@ struct SignalTally {
 #[derive(Default)]
 struct Tally {
     sent: AtomicU64,
+    /// Items of the requests sent so far (counted when the call goes out).
+    offered_items: AtomicU64,
     accepted_calls: AtomicU64,
     /// Acknowledged items minus the partial-success drops.
     accepted_items: AtomicU64,
@@ -558,8 +682,10 @@ impl Tally {
         }
     }
 
-    /// Records the reply to request `p` sent in cycle `cycle`.
-    fn record(&self, p: &Prepared, cycle: u64, reply: Reply, latency: Duration) {
+    /// Records the reply to request `p` sent in cycle `cycle`, with the trace ids `sent` by slot
+    /// when its ids were rewritten with random ones (`--ordered-ids`: empty; cycle 0: the ids as
+    /// generated).
+    fn record(&self, p: &Prepared, cycle: u64, sent: &[[u8; 16]], reply: Reply, latency: Duration) {
         let sig = &self.by_signal[p.signal.index()];
         self.sent.fetch_add(1, Ordering::Relaxed);
         sig.sent_items.fetch_add(p.items, Ordering::Relaxed);
@@ -579,8 +705,11 @@ impl Tally {
                 if !p.priority.is_empty() {
                     let mut out = self.priority_out.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(out) = out.as_mut() {
-                        for (id, spans) in &p.priority {
-                            let id = rewrite::trace_id(id, cycle);
+                        for (k, (id, spans)) in p.priority.iter().enumerate() {
+                            let id = match p.priority_slots.get(k).and_then(|&slot| sent.get(slot)) {
+                                Some(sent) => *sent,
+                                None => rewrite::trace_id(id, cycle),
+                            };
                             let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
                             let _ = writeln!(out, "{hex} {spans}");
                         }
@@ -751,6 +880,25 @@ async fn call(conn: &mut Conn, a: &LoadgenArgs, signal: crate::pipeline::Signal,
     }
 }
 
+/// The columns of `--timeline-out` (per-second deltas except `t_s` and `data_dir_bytes`; empty
+/// fields: not measured that second).
+pub const TIMELINE_HEADER: &str = "second,t_s,offered_items,accepted_items,dropped_items,throttled_calls,\
+                                   error_calls,p50_ms,p99_ms,persisted_items,data_dir_bytes";
+
+/// Bytes of every file under `dir` (recursively, symlinks not followed; files that vanish while
+/// it walks, as segments being dropped, count as nothing).
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Scrapes one counter family's value for `signal` from the server's `/metrics`.
 async fn scrape(addr: SocketAddr) -> Option<String> {
     let mut send = connect_http(addr).await.ok()?;
@@ -839,6 +987,17 @@ pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => Some(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
     };
+    let mut timeline_csv = match &a.timeline_out {
+        Some(p) => {
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            );
+            writeln!(f, "{TIMELINE_HEADER}")?;
+            f.flush()?;
+            Some(f)
+        }
+        None => None,
+    };
     let prep_start = Instant::now();
     let prepared = Arc::new(prepare(&a)?);
     let bytes: u64 = prepared.iter().map(|p| p.body.len() as u64).sum();
@@ -876,15 +1035,23 @@ pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
         let end = a.duration.map(|d| start + Duration::from_secs_f64(d));
         let progress = {
             let (tally, timeline, target) = (tally.clone(), timeline.clone(), a.target_http);
+            let data_dir = a.data_dir.clone();
+            let mut csv = timeline_csv.take();
             tokio::spawn(async move {
                 let mut t = tokio::time::interval(Duration::from_secs(1));
                 t.tick().await;
-                loop {
+                let mut prev = [0u64; 5];
+                let mut prev_persisted = Some(0.0);
+                for second in 1u64.. {
                     t.tick().await;
                     let s = start.elapsed().as_secs_f64();
                     // The server's persisted items this second (a scrape costs it a few µs).
                     let persisted =
                         scrape(target).await.map(|x| persisted_of(&x, signals) - before_persisted);
+                    let dir_bytes = match data_dir.clone() {
+                        Some(d) => tokio::task::spawn_blocking(move || dir_size(&d)).await.ok(),
+                        None => None,
+                    };
                     let accepted = tally.accepted_items.load(Ordering::Relaxed);
                     // Export latency of the calls that ended in this second, then reset.
                     let (p50, p99, max) =
@@ -907,10 +1074,42 @@ pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
                         "throttled": tally.throttled.load(Ordering::Relaxed),
                         "errors": tally.errors.load(Ordering::Relaxed),
                         "server_persisted_items": persisted,
+                        "offered_items": tally.offered_items.load(Ordering::Relaxed),
+                        "data_dir_bytes": dir_bytes,
                     }));
+                    if let Some(f) = csv.as_mut() {
+                        let now = [
+                            tally.offered_items.load(Ordering::Relaxed),
+                            accepted,
+                            tally.dropped_items.load(Ordering::Relaxed),
+                            tally.throttled.load(Ordering::Relaxed),
+                            tally.errors.load(Ordering::Relaxed),
+                        ];
+                        let d: Vec<u64> = now.iter().zip(prev).map(|(n, p)| n.saturating_sub(p)).collect();
+                        prev = now;
+                        let persisted_delta = match (persisted, prev_persisted) {
+                            (Some(n), Some(p)) => format!("{:.0}", (n - p).max(0.0)),
+                            _ => String::new(),
+                        };
+                        if persisted.is_some() {
+                            prev_persisted = persisted;
+                        }
+                        let _ = writeln!(
+                            f,
+                            "{second},{:.3},{},{},{},{},{},{p50:.3},{p99:.3},{persisted_delta},{}",
+                            s,
+                            d[0],
+                            d[1],
+                            d[2],
+                            d[3],
+                            d[4],
+                            dir_bytes.map_or(String::new(), |b| b.to_string())
+                        );
+                        let _ = f.flush();
+                    }
                     eprintln!(
                         "loadgen: {:>5.1} s  sent {}  accepted items {} ({:.0}/s)  dropped {}  \
-                         throttled {}  errors {}  persisted {}",
+                         throttled {}  errors {}  persisted {}{}",
                         s,
                         tally.sent.load(Ordering::Relaxed),
                         accepted,
@@ -918,7 +1117,8 @@ pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
                         tally.dropped_items.load(Ordering::Relaxed),
                         tally.throttled.load(Ordering::Relaxed),
                         tally.errors.load(Ordering::Relaxed),
-                        persisted.map_or("?".into(), |p| format!("{p:.0}"))
+                        persisted.map_or("?".into(), |p| format!("{p:.0}")),
+                        dir_bytes.map_or(String::new(), |b| format!("  data dir {:.1} MB", b as f64 / 1e6))
                     );
                 }
             })
@@ -930,8 +1130,11 @@ pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
                 Wire::Http => Conn::Http(http_conns.pop().ok_or("no HTTP connection")?),
             };
             let (a, tally, next, prepared) = (a.clone(), tally.clone(), next.clone(), prepared.clone());
+            // Fresh ids per send: each task its own generator, seeded differently in every run.
+            let mut rng = fastrand::Rng::with_seed(mix(a.seed ^ now_ns() ^ mix(w as u64)));
             tasks.push(tokio::spawn(async move {
                 let n = prepared.len() as u64;
+                let mut sent = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     // Each request once, or (--duration) the templates in turn until the end.
@@ -956,13 +1159,18 @@ pub fn run(a: LoadgenArgs) -> Result<(), Box<dyn std::error::Error>> {
                     } else {
                         Instant::now()
                     };
+                    // Cycle 0 sends the request as generated; every later send gets new ids.
+                    sent.clear();
                     let body = if cycle == 0 {
                         p.body.clone()
+                    } else if a.ordered_ids {
+                        Bytes::from(rewrite::patch_ordered(&p.body, &p.ids.at, cycle))
                     } else {
-                        Bytes::from(rewrite::patch(&p.body, &p.ids, cycle))
+                        Bytes::from(p.ids.patch(&p.body, &mut rng, &mut sent))
                     };
+                    tally.offered_items.fetch_add(p.items, Ordering::Relaxed);
                     let reply = call(&mut conn, &a, p.signal, body).await;
-                    tally.record(p, cycle, reply, due.elapsed());
+                    tally.record(p, cycle, &sent, reply, due.elapsed());
                 }
             }));
         }
@@ -1098,5 +1306,43 @@ fn report(a: &LoadgenArgs, t: &Tally, run: &Run, before: Option<&str>, after: Op
     match persisted_delta {
         Some(d) => println!("server persisted {d:.0} items during the run (+{} ms)", a.settle_ms),
         None => println!("server persisted (could not scrape /metrics at {})", a.target_http),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_resource_is_realistic() {
+        let mut sizes = Vec::new();
+        let mut distinct = std::collections::HashSet::new();
+        for service in SERVICES {
+            for instance in 0..INSTANCES_PER_SERVICE * 3 {
+                let r = resource(service, instance).unwrap();
+                assert!(r.attributes.len() >= 15);
+                sizes.push(r.encoded_len());
+                distinct.insert(r.encode_to_vec());
+            }
+        }
+        let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        eprintln!(
+            "default resource: {} attributes, {min}..={max} bytes encoded",
+            resource("cart", 0).unwrap().attributes.len()
+        );
+        assert!(*min >= 500 && *max <= 1500, "{min}..={max} bytes");
+        // Every (service, instance) its own resource; the generator bounds the fleet by sending
+        // instance r % INSTANCES_PER_SERVICE.
+        assert_eq!(distinct.len(), SERVICES.len() * INSTANCES_PER_SERVICE as usize * 3);
+    }
+
+    #[test]
+    fn dir_size_sums_the_files_below() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), [0u8; 100]).unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub").join("b"), [0u8; 23]).unwrap();
+        assert_eq!(dir_size(d.path()), 123);
+        assert_eq!(dir_size(&d.path().join("missing")), 0);
     }
 }

@@ -47,7 +47,7 @@ fn try_main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         #[cfg(feature = "loadgen")]
         Some(Command::Loadgen(args)) => {
-            otelring::loadgen::run(args)?;
+            otelring::loadgen::run(*args)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Sql(args)) => {
