@@ -317,6 +317,12 @@ pub trait QueueGauges: Send + Sync {
     fn queue_bytes(&self, signal: Signal) -> u64;
     /// Number of shards (so `otelring_wal_bytes{shard}` is exported for each from start).
     fn shards(&self) -> usize;
+    /// Capacity of each signal's queue: (batches, bytes), i.e. `INGEST_PIPELINE_QUEUE_SIZE` and
+    /// `INGEST_PIPELINE_MAX_BYTES`, so alert rules can compare depth and bytes with their caps.
+    /// 0 = unknown.
+    fn capacity(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 impl QueueGauges for Pipeline {
@@ -328,6 +334,9 @@ impl QueueGauges for Pipeline {
     }
     fn shards(&self) -> usize {
         self.config().shards
+    }
+    fn capacity(&self) -> (u64, u64) {
+        (self.config().queue_size, self.config().max_bytes)
     }
 }
 
@@ -837,6 +846,19 @@ impl Collector for LiveCollector {
             "Estimated bytes held by the pipeline (reserved, not yet committed), read at scrape time",
             Signal::ALL.into_iter().map(|s| (vec![("signal", s.as_str())], g(queues.queue_bytes(s)))),
         )?;
+        let (cap_batches, cap_bytes) = queues.capacity();
+        gauge(
+            e,
+            "ingest_pipeline_queue_capacity",
+            "Batches a signal's queue holds at most (INGEST_PIPELINE_QUEUE_SIZE)",
+            Signal::ALL.into_iter().map(|s| (vec![("signal", s.as_str())], g(cap_batches))),
+        )?;
+        gauge(
+            e,
+            "ingest_pipeline_max_bytes",
+            "Estimated bytes a signal's queue holds at most (INGEST_PIPELINE_MAX_BYTES)",
+            Signal::ALL.into_iter().map(|s| (vec![("signal", s.as_str())], g(cap_bytes))),
+        )?;
         gauge(
             e,
             "ingest_inflight_bytes",
@@ -910,6 +932,27 @@ impl Collector for LiveCollector {
                 .iter()
                 .enumerate()
                 .map(|(i, name)| (vec![("shard", name.as_str())], g(wal.get(i).copied().unwrap_or(0)))),
+        )?;
+        // Readiness flags (`/readyz` is 503 while any is 1): set by a shard's writer when its
+        // database or its DLQ disk fails, cleared by the next success or probe.
+        let flag = |f: &crate::pipeline::stats::ShardFlags, i: usize| i64::from(f.get(i));
+        gauge(
+            e,
+            "database_failing",
+            "1 while the shard's database is failing (its writes go to the DLQ), else 0",
+            shard_names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (vec![("shard", name.as_str())], flag(&stats.db_failing, i))),
+        )?;
+        gauge(
+            e,
+            "dlq_disk_failing",
+            "1 while the shard's DLQ disk is failing (admission throttles), else 0",
+            shard_names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (vec![("shard", name.as_str())], flag(&stats.dlq_failing, i))),
         )?;
         let one = |v: u64| std::iter::once((Vec::new(), v));
         let one_g = |v: u64| std::iter::once((Vec::new(), g(v)));
@@ -1111,6 +1154,8 @@ mod tests {
                 "otelring_grpc_throttled_total",
                 "otelring_ingest_pipeline_queue_depth",
                 "otelring_ingest_pipeline_queue_bytes",
+                "otelring_ingest_pipeline_queue_capacity",
+                "otelring_ingest_pipeline_max_bytes",
                 "otelring_ingest_e2e_latency_seconds_sum",
                 "otelring_ingest_e2e_latency_seconds_count",
             ] {
@@ -1154,7 +1199,9 @@ mod tests {
         out.push(key("otelring_writer_rows_per_commit_bucket", &[("le", "+Inf")]));
         // The fake store reports 3 WAL files (the fake pipeline 2 shards): all 3 are exported.
         for shard in ["0", "1", "2"] {
-            out.push(key("otelring_wal_bytes", &[("shard", shard)]));
+            for n in ["otelring_wal_bytes", "otelring_database_failing", "otelring_dlq_disk_failing"] {
+                out.push(key(n, &[("shard", shard)]));
+            }
             for n in [
                 "otelring_store_segments",
                 "otelring_store_data_bytes",
@@ -1437,6 +1484,22 @@ mod tests {
         let got = samples(&m.encode());
         assert_eq!(got[r#"otelring_ingest_pipeline_queue_depth{signal="logs"}"#], 0.0);
         assert_eq!(got[r#"otelring_wal_bytes{shard="0"}"#], 0.0);
+        // The caps the alert rules compare depth and bytes with.
+        let d = PipelineConfig::default();
+        assert_eq!(got[r#"otelring_ingest_pipeline_queue_capacity{signal="logs"}"#], d.queue_size as f64);
+        assert_eq!(got[r#"otelring_ingest_pipeline_max_bytes{signal="metrics"}"#], d.max_bytes as f64);
+        // The readiness flags follow the writer's shard flags.
+        assert_eq!(got[r#"otelring_database_failing{shard="0"}"#], 0.0);
+        stats.db_failing.set(0, true);
+        stats.dlq_failing.set(0, true);
+        let got = samples(&m.encode());
+        assert_eq!(got[r#"otelring_database_failing{shard="0"}"#], 1.0);
+        assert_eq!(got[r#"otelring_dlq_disk_failing{shard="0"}"#], 1.0);
+        stats.db_failing.set(0, false);
+        stats.dlq_failing.set(0, false);
+        let got = samples(&m.encode());
+        assert_eq!(got[r#"otelring_database_failing{shard="0"}"#], 0.0);
+        assert_eq!(got[r#"otelring_dlq_disk_failing{shard="0"}"#], 0.0);
 
         // Not started: the batch stays queued.
         m.counters().received(Signal::Logs, Transport::Http, 2);

@@ -6,6 +6,7 @@ mod e2e;
 mod faults;
 mod floods;
 mod pipeline;
+mod prometheus;
 mod reliability;
 mod segments;
 mod store;
