@@ -348,6 +348,11 @@ fn ch_commit_mode_while_a_node_is_down_answers_unavailable_then_stores_the_retri
     assert!(statuses.iter().any(|s| s == "14"), "UNAVAILABLE while node 1 is down: {statuses:?}");
     assert!(statuses.iter().all(|s| s == "14" || s == "0"), "{statuses:?}");
     cluster.restart(1);
+    // Nothing is in the DLQ in commit mode and no request arrives: the writer's probe alone
+    // brings readiness back.
+    wait_for(Duration::from_secs(20), "/readyz 200 after the node is back, without traffic", || {
+        get_status(&rt, http, "/readyz") == 200
+    });
     // The client retries what was refused; commit mode stores it before answering.
     rt.block_on(async {
         let client = reqwest::Client::new();
@@ -575,4 +580,40 @@ fn ch_documented_queries_run_on_the_cluster_and_find_the_data() {
         sorted.dedup();
         assert_eq!(sorted.len(), rows.len(), "duplicate rows from:\n{q}\n{rows:?}");
     }
+}
+
+/// Start-up refuses a ClickHouse sink it cannot set up, naming the variable to fix.
+#[test]
+fn ch_bad_sink_settings_stop_the_start_with_the_variable_named() {
+    let cluster = Cluster::start();
+    let run = |env: &[(&str, &str)]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(crate::util::server_bin());
+        cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--workers", "2"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("OTELRING_SINK", "clickhouse");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("OTELRING_CLICKHOUSE_URLS"), "{err}");
+    let (code, err) =
+        run(&[("OTELRING_CLICKHOUSE_URLS", &cluster.urls()), ("OTELRING_CLICKHOUSE_CLUSTER", "nope")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("OTELRING_CLICKHOUSE_CLUSTER") && err.contains("otel_test"), "{err}");
+    let (code, err) = run(&[("OTELRING_SINK", "mysql")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("sqlite or clickhouse"), "{err}");
+    // A node whose schema is newer than this build is refused, not written into.
+    cluster.query("CREATE DATABASE IF NOT EXISTS otel");
+    cluster.query("CREATE TABLE IF NOT EXISTS otel.otelring_schema (version UInt32, applied_at DateTime) ENGINE = TinyLog");
+    cluster.query("INSERT INTO otel.otelring_schema VALUES (99, now())");
+    let (code, err) = run(&[("OTELRING_CLICKHOUSE_URLS", &cluster.urls())]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("version 99"), "{err}");
 }
