@@ -617,3 +617,42 @@ fn ch_bad_sink_settings_stop_the_start_with_the_variable_named() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("version 99"), "{err}");
 }
+
+/// otelring starts while a node is down: the node's tables are created by its writers once it
+/// answers, and what was admitted meanwhile is replayed from the DLQ.
+#[test]
+fn ch_a_node_down_at_start_is_set_up_later_and_gets_its_rows_from_the_dlq() {
+    let mut cluster = Cluster::start();
+    cluster.kill(1);
+    let mut o = Otelring::start(&cluster, &[]);
+    let rt = runtime();
+    let http = o.http;
+    let acked: Vec<u64> = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut acked = Vec::new();
+        for n in 0..30u64 {
+            let (s, _, body) =
+                post_json(&client, http, "/v1/traces", load_trace(3_000_000 + n, 4)).await.unwrap();
+            assert_eq!((s, body.as_str()), (200, "{}"));
+            acked.push(3_000_000 + n);
+        }
+        acked
+    });
+    wait_for(Duration::from_secs(10), "/readyz 503 while node 1 is down", || {
+        get_status(&rt, http, "/readyz") == 503
+    });
+    assert!(metric(&rt, http, "otelring_dlq_files") > 0.0, "shard 1's groups wait in the DLQ");
+    cluster.restart(1);
+    wait_for(Duration::from_secs(60), "the DLQ replayed into the new node and /readyz 200", || {
+        metric(&rt, http, "otelring_dlq_files") == 0.0 && get_status(&rt, http, "/readyz") == 200
+    });
+    let (ok, books) = o.stop();
+    assert!(ok, "{}", o.stderr_text());
+    assert_balanced(&books);
+    assert_eq!(cluster.try_query_node(1, "EXISTS TABLE otel.otel_traces_local").unwrap().trim(), "1");
+    let per_trace = spans_per_trace(&cluster);
+    for n in &acked {
+        assert_eq!(per_trace.get(&format!("{n:032x}")).copied(), Some(4), "trace {n}");
+    }
+    assert_eq!(books[0].persisted, cluster.count("SELECT count() FROM otel.otel_traces FINAL"));
+}
