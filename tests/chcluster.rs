@@ -38,9 +38,26 @@ pub struct Cluster {
     client: reqwest::Client,
 }
 
+/// Lowest and highest port the harness gives a node: below Linux's ephemeral range
+/// (`ip_local_port_range`, 32768–60999 by default). A node killed and restarted must get its
+/// ports back, and a port from the ephemeral range can be taken meanwhile as the source port of
+/// any outgoing connection (a client's, otelring's), so the restarted node could not listen.
+const PORT_RANGE: (u16, u16) = (12_000, 32_000);
+
+/// A port in [`PORT_RANGE`] that binds now (random start, so parallel test processes rarely
+/// pick the same one).
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    let span = u32::from(PORT_RANGE.1 - PORT_RANGE.0);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+    for i in 0..span {
+        let port = PORT_RANGE.0 + ((seed.wrapping_add(i.wrapping_mul(7_919))) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORT_RANGE:?}");
 }
 
 fn write_config(dir: &Path, http: u16, tcp: u16, interserver: u16, shards: &[u16]) {
@@ -131,7 +148,14 @@ impl Cluster {
     /// Starts two nodes as the 2-shard cluster [`CLUSTER`] and waits until both answer.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16, u16)> = (0..2).map(|_| (free_port(), free_port(), free_port())).collect();
+        let mut picked: Vec<u16> = Vec::new();
+        while picked.len() < 6 {
+            let p = free_port();
+            if !picked.contains(&p) {
+                picked.push(p);
+            }
+        }
+        let ports: Vec<(u16, u16, u16)> = picked.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
         let tcps: Vec<u16> = ports.iter().map(|p| p.1).collect();
         let mut nodes = Vec::new();
         for (i, &(http, tcp, inter)) in ports.iter().enumerate() {

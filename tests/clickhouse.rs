@@ -638,10 +638,13 @@ fn ch_a_node_down_at_start_is_set_up_later_and_gets_its_rows_from_the_dlq() {
         }
         acked
     });
-    wait_for(Duration::from_secs(10), "/readyz 503 while node 1 is down", || {
-        get_status(&rt, http, "/readyz") == 503
-    });
-    assert!(metric(&rt, http, "otelring_dlq_files") > 0.0, "shard 1's groups wait in the DLQ");
+    // (The writer marks the node failing before its spill has written the DLQ file: wait for
+    // both.)
+    wait_for(
+        Duration::from_secs(10),
+        "/readyz 503 and shard 1's groups in the DLQ while node 1 is down",
+        || get_status(&rt, http, "/readyz") == 503 && metric(&rt, http, "otelring_dlq_files") > 0.0,
+    );
     cluster.restart(1);
     wait_for(Duration::from_secs(60), "the DLQ replayed into the new node and /readyz 200", || {
         metric(&rt, http, "otelring_dlq_files") == 0.0 && get_status(&rt, http, "/readyz") == 200
@@ -655,4 +658,62 @@ fn ch_a_node_down_at_start_is_set_up_later_and_gets_its_rows_from_the_dlq() {
         assert_eq!(per_trace.get(&format!("{n:032x}")).copied(), Some(4), "trace {n}");
     }
     assert_eq!(books[0].persisted, cluster.count("SELECT count() FROM otel.otel_traces FINAL"));
+}
+
+/// One data point of each of the five kinds, every column that applies checked in its table.
+const KINDS_METRICS: &str = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"kinds"}}]},
+ "scopeMetrics":[{"scope":{"name":"kinds-scope"},"metrics":[
+ {"name":"g","unit":"By","gauge":{"dataPoints":[{"asDouble":2.5,"timeUnixNano":"1765000000000000001","attributes":[{"key":"host","value":{"stringValue":"a"}}]}]}},
+ {"name":"s","sum":{"aggregationTemporality":1,"isMonotonic":false,"dataPoints":[{"asInt":"-7","timeUnixNano":"1765000000000000002","startTimeUnixNano":"1765000000000000000"}]}},
+ {"name":"h","histogram":{"aggregationTemporality":1,"dataPoints":[{"count":"3","bucketCounts":["1","2"],"explicitBounds":[0.5],"timeUnixNano":"1765000000000000003"}]}},
+ {"name":"eh","exponentialHistogram":{"aggregationTemporality":2,"dataPoints":[{"count":"5","sum":10.5,"scale":2,"zeroCount":"1",
+  "positive":{"offset":3,"bucketCounts":["1","2"]},"negative":{"offset":-1,"bucketCounts":["1"]},"min":0.5,"max":4,"timeUnixNano":"1765000000000000004"}]}},
+ {"name":"sm","summary":{"dataPoints":[{"count":"4","sum":8.0,"quantileValues":[{"quantile":0.5,"value":1.5},{"quantile":0.99,"value":3.5}],"timeUnixNano":"1765000000000000005"}]}}
+ ]}]}]}"#;
+
+#[test]
+fn ch_every_metric_kind_lands_in_its_table_with_its_values() {
+    let cluster = Cluster::start();
+    let mut o = Otelring::start(&cluster, &[]);
+    let rt = runtime();
+    let http = o.http;
+    rt.block_on(async {
+        let (s, _, b) =
+            post_json(&reqwest::Client::new(), http, "/v1/metrics", KINDS_METRICS.to_owned()).await.unwrap();
+        assert_eq!((s, b.as_str()), (200, "{}"));
+    });
+    let (ok, books) = o.stop();
+    assert!(ok, "{}", o.stderr_text());
+    assert_balanced(&books);
+    assert_eq!(books[2].persisted, 5);
+    let one = |sql: &str| cluster.rows(sql);
+    assert_eq!(
+        one(
+            "SELECT MetricName, MetricUnit, Value, ValueIsInt, Attributes.values[indexOf(Attributes.keys, 'host')], \
+             ScopeName, TimeUnixNano FROM otel.otel_metrics_gauge FINAL WHERE ServiceName = 'kinds'"
+        ),
+        vec!["g\tBy\t2.5\t0\ta\tkinds-scope\t1765000000000000001"]
+    );
+    assert_eq!(
+        one("SELECT MetricName, Value, ValueIsInt, IsMonotonic, AggregationTemporality, StartTimeUnixNano \
+             FROM otel.otel_metrics_sum FINAL WHERE ServiceName = 'kinds'"),
+        vec!["s\t-7\t1\t0\tAGGREGATION_TEMPORALITY_DELTA\t1765000000000000000"]
+    );
+    assert_eq!(
+        one("SELECT MetricName, Count, Sum, BucketCounts, ExplicitBounds, Min, Max \
+             FROM otel.otel_metrics_histogram FINAL WHERE ServiceName = 'kinds'"),
+        vec!["h\t3\t\\N\t[1,2]\t[0.5]\t\\N\t\\N"]
+    );
+    assert_eq!(
+        one(
+            "SELECT MetricName, Count, Sum, Scale, ZeroCount, PositiveOffset, PositiveBucketCounts, NegativeOffset, \
+             NegativeBucketCounts, Min, Max FROM otel.otel_metrics_exponential_histogram FINAL WHERE ServiceName = 'kinds'"
+        ),
+        vec!["eh\t5\t10.5\t2\t1\t3\t[1,2]\t-1\t[1]\t0.5\t4"]
+    );
+    assert_eq!(
+        one("SELECT MetricName, Count, Sum, ValueAtQuantiles.Quantile, ValueAtQuantiles.Value \
+             FROM otel.otel_metrics_summary FINAL WHERE ServiceName = 'kinds'"),
+        vec!["sm\t4\t8\t[0.5,0.99]\t[1.5,3.5]"]
+    );
 }

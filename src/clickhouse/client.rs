@@ -154,8 +154,17 @@ impl Node {
     }
 
     /// `INSERT ... FORMAT RowBinary` with `rows` as the body.
+    ///
+    /// A connection failure is retried once at once: a pooled keep-alive connection the node
+    /// closed while idle fails the first request sent on it, and that alone should not send a
+    /// group to the DLQ. (A repeated insert is harmless: the tables' identity keys absorb it.)
     pub fn insert(&self, statement: &str, rows: Vec<u8>) -> Result<(), NodeError> {
-        self.call(format!("{}/?query={}", self.url, url_encode(statement)), Bytes::from(rows)).map(drop)
+        let uri = format!("{}/?query={}", self.url, url_encode(statement));
+        let body = Bytes::from(rows);
+        match self.call(uri.clone(), body.clone()) {
+            Err(NodeError::Connect { .. }) => self.call(uri, body).map(drop),
+            other => other.map(drop),
+        }
     }
 
     /// `GET /ping`.

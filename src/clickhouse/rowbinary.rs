@@ -395,7 +395,7 @@ fn point(out: &mut Vec<u8>, m: &MetricPointRow, ingested_at: i64, cache: &mut At
         }
         MetricKind::Histogram => {
             u64_(out, m.count.unwrap_or(0));
-            f64_(out, m.sum.unwrap_or(0.0));
+            nullable_f64(out, m.sum);
             array_u64(out, m.bucket_counts.as_deref());
             array_f64(out, m.explicit_bounds.as_deref());
             nullable_f64(out, m.min);
@@ -403,7 +403,7 @@ fn point(out: &mut Vec<u8>, m: &MetricPointRow, ingested_at: i64, cache: &mut At
         }
         MetricKind::ExponentialHistogram => {
             u64_(out, m.count.unwrap_or(0));
-            f64_(out, m.sum.unwrap_or(0.0));
+            nullable_f64(out, m.sum);
             i32_(out, m.scale.unwrap_or(0));
             u64_(out, m.zero_count.unwrap_or(0));
             i32_(out, m.positive_offset.unwrap_or(0));

@@ -136,7 +136,7 @@ const HISTOGRAM_COLUMNS: [(&str, &str); 25] = cat::<19, 6, 25>(
     METRIC_BASE,
     [
         ("Count", "UInt64"),
-        ("Sum", "Float64"),
+        ("Sum", "Nullable(Float64)"),
         ("BucketCounts", "Array(UInt64)"),
         ("ExplicitBounds", "Array(Float64)"),
         ("Min", "Nullable(Float64)"),
@@ -147,7 +147,7 @@ const EXP_HISTOGRAM_COLUMNS: [(&str, &str); 29] = cat::<19, 10, 29>(
     METRIC_BASE,
     [
         ("Count", "UInt64"),
-        ("Sum", "Float64"),
+        ("Sum", "Nullable(Float64)"),
         ("Scale", "Int32"),
         ("ZeroCount", "UInt64"),
         ("PositiveOffset", "Int32"),
