@@ -131,6 +131,14 @@ impl ChNode {
         }
     }
 
+    /// SIGSTOP / SIGCONT by pid: a node that accepts connections but never answers.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status().unwrap();
+            assert!(ok.success(), "kill -{sig}");
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

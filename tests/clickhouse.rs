@@ -717,3 +717,49 @@ fn ch_every_metric_kind_lands_in_its_table_with_its_values() {
         vec!["sm\t4\t8\t[0.5,0.99]\t[1.5,3.5]"]
     );
 }
+
+/// A node that hangs (SIGSTOP: connections are accepted, nothing is answered) fails the insert
+/// at `OTELRING_CLICKHOUSE_INSERT_TIMEOUT`; the group goes to the DLQ. When the node resumes it
+/// also executes the inserts that timed out, so the replay stores those rows a second time:
+/// `FINAL` shows each once.
+#[test]
+fn ch_a_hanging_node_times_out_into_the_dlq_and_the_double_insert_stays_invisible() {
+    let cluster = Cluster::start();
+    let mut o = Otelring::start(&cluster, &[("OTELRING_CLICKHOUSE_INSERT_TIMEOUT", "1s")]);
+    let rt = runtime();
+    let http = o.http;
+    for i in 0..2 {
+        cluster.try_query_node(i, "SYSTEM STOP MERGES").unwrap();
+    }
+    cluster.nodes[1].signal("STOP");
+    let acked: Vec<u64> = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut acked = Vec::new();
+        for n in 0..20u64 {
+            let (s, _, body) =
+                post_json(&client, http, "/v1/traces", load_trace(4_000_000 + n, 5)).await.unwrap();
+            assert_eq!((s, body.as_str()), (200, "{}"));
+            acked.push(4_000_000 + n);
+        }
+        acked
+    });
+    wait_for(Duration::from_secs(15), "/readyz 503 and a DLQ file while node 1 hangs", || {
+        get_status(&rt, http, "/readyz") == 503 && metric(&rt, http, "otelring_dlq_files") > 0.0
+    });
+    cluster.nodes[1].signal("CONT");
+    wait_for(Duration::from_secs(60), "the DLQ replayed and /readyz 200", || {
+        metric(&rt, http, "otelring_dlq_files") == 0.0 && get_status(&rt, http, "/readyz") == 200
+    });
+    let (ok, books) = o.stop();
+    assert!(ok, "{}", o.stderr_text());
+    assert_balanced(&books);
+    let per_trace = spans_per_trace(&cluster);
+    for n in &acked {
+        assert_eq!(per_trace.get(&format!("{n:032x}")).copied(), Some(5), "trace {n}");
+    }
+    let visible = cluster.count("SELECT count() FROM otel.otel_traces FINAL");
+    assert_eq!(books[0].persisted, visible);
+    let physical = cluster.count("SELECT count() FROM otel.otel_traces");
+    assert!(physical > visible, "the timed-out insert ran when the node resumed ({physical} vs {visible})");
+    assert_no_visible_duplicates(&cluster);
+}
