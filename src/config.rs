@@ -294,6 +294,109 @@ impl StoreConfig {
     }
 }
 
+/// `OTELRING_SINK`: where the shard writers put rows (DESIGN 1.6, 1.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Sink {
+    /// Embedded SQLite shards in the data directory (the default).
+    #[default]
+    Sqlite,
+    /// A ClickHouse cluster (`OTELRING_CLICKHOUSE_*`).
+    ClickHouse,
+}
+
+impl std::str::FromStr for Sink {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sqlite" => Ok(Self::Sqlite),
+            "clickhouse" => Ok(Self::ClickHouse),
+            other => Err(format!("{other:?} is not a sink (sqlite or clickhouse)")),
+        }
+    }
+}
+
+/// Default `OTELRING_CLICKHOUSE_DATABASE` (DESIGN 1.8).
+pub const DEFAULT_CLICKHOUSE_DATABASE: &str = "otel";
+/// Default `OTELRING_CLICKHOUSE_INSERT_TIMEOUT`: longest wait for one INSERT's answer before the
+/// node counts as failing. Well under clients' 10 s export timeout is not needed (async mode
+/// answers at admission), but commit-mode clients wait on it: 10 s keeps them within theirs.
+pub const DEFAULT_CLICKHOUSE_INSERT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ClickHouse sink's settings (`OTELRING_CLICKHOUSE_*`, DESIGN 1.8).
+#[derive(Clone, PartialEq)]
+pub struct ClickHouseConfig {
+    /// `OTELRING_CLICKHOUSE_URLS`: node HTTP URLs; shard i writes to node i mod len.
+    pub urls: Vec<String>,
+    /// `OTELRING_CLICKHOUSE_DATABASE`.
+    pub database: String,
+    /// `OTELRING_CLICKHOUSE_CLUSTER`: the `<remote_servers>` cluster over the nodes; when unset,
+    /// the only cluster the first node defines.
+    pub cluster: Option<String>,
+    /// `OTELRING_CLICKHOUSE_USER` (ClickHouse's `default` when unset).
+    pub user: Option<String>,
+    /// `OTELRING_CLICKHOUSE_PASSWORD`, or the first line of `OTELRING_CLICKHOUSE_PASSWORD_FILE`.
+    pub password: Option<String>,
+    /// `OTELRING_CLICKHOUSE_INSERT_TIMEOUT`.
+    pub insert_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("urls", &self.urls)
+            .field("database", &self.database)
+            .field("cluster", &self.cluster)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("insert_timeout", &self.insert_timeout)
+            .finish()
+    }
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            database: DEFAULT_CLICKHOUSE_DATABASE.to_owned(),
+            cluster: None,
+            user: None,
+            password: None,
+            insert_timeout: DEFAULT_CLICKHOUSE_INSERT_TIMEOUT,
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    /// Checks every setting; the error names the variable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.urls.is_empty() {
+            return Err(ConfigError::new(
+                "OTELRING_CLICKHOUSE_URLS",
+                "set at least one node URL (http://host:8123)",
+            ));
+        }
+        for u in &self.urls {
+            if !u.starts_with("http://") || u.len() <= "http://".len() {
+                return Err(ConfigError::new(
+                    "OTELRING_CLICKHOUSE_URLS",
+                    format!("{u:?} is not an http:// URL"),
+                ));
+            }
+        }
+        let ident_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident_ok(&self.database) {
+            return Err(ConfigError::new("OTELRING_CLICKHOUSE_DATABASE", "letters, digits and _ only"));
+        }
+        if self.cluster.as_deref().is_some_and(|c| !ident_ok(c)) {
+            return Err(ConfigError::new("OTELRING_CLICKHOUSE_CLUSTER", "letters, digits and _ only"));
+        }
+        if self.insert_timeout.is_zero() {
+            return Err(ConfigError::new("OTELRING_CLICKHOUSE_INSERT_TIMEOUT", "must be above 0"));
+        }
+        Ok(())
+    }
+}
+
 /// Parses a size: bytes, or with a `KiB`/`MiB`/`GiB` (also `K`/`M`/`G`, `KB`/`MB`/`GB` as
 /// binary units) suffix.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -690,6 +793,7 @@ mod cli {
         pub pipeline: PipelineArgs,
         pub store: StoreArgs,
         pub server: ServerArgs,
+        pub sink: SinkArgs,
     }
 
     /// What to run.
@@ -715,6 +819,8 @@ mod cli {
         pub store: StoreArgs,
         #[command(flatten)]
         pub server: ServerArgs,
+        #[command(flatten)]
+        pub sink: SinkArgs,
     }
 
     /// otelring: OpenTelemetry ingest into sharded SQLite.
@@ -762,7 +868,7 @@ mod cli {
                 #[cfg(feature = "loadgen")]
                 Some(RawCommand::Loadgen(a)) => (Some(Command::Loadgen(a)), raw.settings),
             };
-            Cli { command, pipeline: s.pipeline, store: s.store, server: s.server }
+            Cli { command, pipeline: s.pipeline, store: s.store, server: s.server, sink: s.sink }
         }
     }
 
@@ -959,6 +1065,75 @@ mod cli {
             cfg.segment_max_age = self.segment_max_age;
             cfg.validate()?;
             Ok(cfg)
+        }
+    }
+
+    /// Sink settings (DESIGN 1.8): SQLite (default) or a ClickHouse cluster.
+    #[derive(Debug, Clone, Args)]
+    pub struct SinkArgs {
+        /// Where rows go: sqlite (shards in the data directory) or clickhouse.
+        #[arg(long, env = "OTELRING_SINK", default_value = "sqlite")]
+        pub sink: Sink,
+        /// ClickHouse node HTTP URLs, comma-separated; shard i writes to node i mod count.
+        #[arg(long, env = "OTELRING_CLICKHOUSE_URLS", value_delimiter = ',')]
+        pub clickhouse_urls: Vec<String>,
+        /// ClickHouse database of the otel_* tables.
+        #[arg(long, env = "OTELRING_CLICKHOUSE_DATABASE", default_value = DEFAULT_CLICKHOUSE_DATABASE)]
+        pub clickhouse_database: String,
+        /// The <remote_servers> cluster the Distributed tables span (default: the only one defined).
+        #[arg(long, env = "OTELRING_CLICKHOUSE_CLUSTER")]
+        pub clickhouse_cluster: Option<String>,
+        /// ClickHouse user (default: ClickHouse's `default`).
+        #[arg(long, env = "OTELRING_CLICKHOUSE_USER")]
+        pub clickhouse_user: Option<String>,
+        /// ClickHouse password (prefer the _FILE variant).
+        #[arg(long, env = "OTELRING_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+        pub clickhouse_password: Option<String>,
+        /// File whose first line is the ClickHouse password.
+        #[arg(long, env = "OTELRING_CLICKHOUSE_PASSWORD_FILE")]
+        pub clickhouse_password_file: Option<PathBuf>,
+        /// Longest wait for one INSERT (e.g. 10s) before the node counts as failing.
+        #[arg(long, env = "OTELRING_CLICKHOUSE_INSERT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+        pub clickhouse_insert_timeout: Duration,
+    }
+
+    impl SinkArgs {
+        /// The validated ClickHouse configuration (`None` for the SQLite sink).
+        pub fn clickhouse_config(&self) -> Result<Option<ClickHouseConfig>, ConfigError> {
+            if self.sink != Sink::ClickHouse {
+                return Ok(None);
+            }
+            let password = match (&self.clickhouse_password, &self.clickhouse_password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(
+                        "OTELRING_CLICKHOUSE_PASSWORD_FILE",
+                        "set either OTELRING_CLICKHOUSE_PASSWORD or OTELRING_CLICKHOUSE_PASSWORD_FILE, not both",
+                    ));
+                }
+                (Some(p), None) => Some(p.clone()),
+                (None, Some(f)) => {
+                    let text = std::fs::read_to_string(f).map_err(|e| {
+                        ConfigError::new("OTELRING_CLICKHOUSE_PASSWORD_FILE", format!("{}: {e}", f.display()))
+                    })?;
+                    Some(text.lines().next().unwrap_or("").to_owned())
+                }
+                (None, None) => None,
+            };
+            let cfg = ClickHouseConfig {
+                urls: self
+                    .clickhouse_urls
+                    .iter()
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
+                database: self.clickhouse_database.clone(),
+                cluster: self.clickhouse_cluster.clone().filter(|c| !c.is_empty()),
+                user: self.clickhouse_user.clone().filter(|u| !u.is_empty()),
+                password,
+                insert_timeout: self.clickhouse_insert_timeout,
+            };
+            cfg.validate()?;
+            Ok(Some(cfg))
         }
     }
 

@@ -7,7 +7,9 @@
 //! - [`sync`]: the loom shim; the ring, admission and lane wake-up use nothing else;
 //! - [`ring`]: the bounded lock-free MPMC ring (the only module with `unsafe`);
 //! - [`pipeline`]: row and batch types, admission (packed atomic word per signal), lanes, routing,
-//!   writer threads, commit-mode completion, the books.
+//!   writer threads, commit-mode completion, the books;
+//! - [`clickhouse`]: the ClickHouse cluster sink (`OTELRING_SINK=clickhouse`), a `BatchWriter`
+//!   per shard behind the same pipeline.
 //!
 //! Without the default `server` feature the crate is the core alone (no tokio, hyper, h2 or
 //! SQLite), which is what the loom models and fuzz targets build.
@@ -16,6 +18,8 @@
 
 #[cfg(feature = "server")]
 pub mod bench_baseline;
+#[cfg(feature = "server")]
+pub mod clickhouse;
 pub mod config;
 #[cfg(feature = "loadgen")]
 pub mod loadgen;

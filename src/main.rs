@@ -1,6 +1,7 @@
 //! The `otelring` binary: parses flags and environment, then runs a subcommand.
 
 use clap::Parser;
+use otelring::clickhouse::ClickHouseSink;
 use otelring::config::{Cli, Command};
 use otelring::pipeline::discard::DiscardWriter;
 use otelring::pipeline::{Pipeline, Signal, Stats};
@@ -43,6 +44,7 @@ fn try_main() -> Result<ExitCode, Box<dyn std::error::Error>> {
             let server = cli.server.server_config(&cfg)?;
             println!("{server:#?}");
             println!("{:#?}", cli.server.decode_config(&cfg)?);
+            println!("{:#?}", cli.sink.clickhouse_config()?);
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "loadgen")]
@@ -67,6 +69,21 @@ fn try_main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
 }
 
+/// The writers' destination: the SQLite store or a ClickHouse cluster (`OTELRING_SINK`).
+enum Sink {
+    Sqlite(Store),
+    ClickHouse(ClickHouseSink),
+}
+
+impl Sink {
+    fn gauges(&self) -> Vec<Arc<store::ShardGauges>> {
+        match self {
+            Sink::Sqlite(s) => s.gauges(),
+            Sink::ClickHouse(c) => c.gauges(),
+        }
+    }
+}
+
 /// `otelring serve`: opens the store, starts the pipeline and both listeners, serves until
 /// SIGTERM/SIGINT, drains, and exits 0 when nothing accepted was lost.
 fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -83,6 +100,7 @@ fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let decode_cfg = cli.server.decode_config(&pcfg)?;
     let stats = Arc::new(Stats::new());
     let shards = pcfg.shards;
+    let clickhouse = cli.sink.clickhouse_config()?;
     // The benchmark-only discard sink opens no store: writers drop what they pop.
     let store = if discard {
         None
@@ -90,9 +108,12 @@ fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let mut scfg = cli.store.store_config(data_dir)?;
         // Commit mode promises "stored" when it answers: fsync every commit (power loss too).
         scfg.durable_commits = pcfg.commit_mode;
-        Some(Store::open(&scfg, shards, stats.clone())?)
+        Some(match &clickhouse {
+            None => Sink::Sqlite(Store::open(&scfg, shards, stats.clone())?),
+            Some(ch) => Sink::ClickHouse(ClickHouseSink::open(ch, &scfg, shards, stats.clone())?),
+        })
     };
-    let gauges = store.as_ref().map(Store::gauges).unwrap_or_default();
+    let gauges = store.as_ref().map(Sink::gauges).unwrap_or_default();
     let pipeline = Arc::new(Pipeline::new(pcfg, stats)?);
     // Everything that can refuse to start (API keys, ports) is checked before the writers start
     // (they begin with the DLQ replay).
@@ -102,7 +123,8 @@ fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let report = rt.block_on(async {
         let listeners = server::Listeners::bind(&server_cfg).await?;
         let writers: Vec<Box<dyn otelring::pipeline::BatchWriter>> = match store {
-            Some(store) => store.into_writers(),
+            Some(Sink::Sqlite(store)) => store.into_writers(),
+            Some(Sink::ClickHouse(sink)) => sink.into_writers(),
             None => (0..shards).map(|_| Box::new(DiscardWriter) as _).collect(),
         };
         pipeline.start(writers)?;
@@ -115,6 +137,11 @@ fn serve(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!(
                 "otelring listening: OTLP/gRPC on {grpc}, OTLP/HTTP on {http}; {shards} writer(s) \
                  discarding (benchmark mode, nothing stored)"
+            );
+        } else if let Some(ch) = &clickhouse {
+            println!(
+                "otelring listening: OTLP/gRPC on {grpc}, OTLP/HTTP on {http}; {shards} shard(s) into ClickHouse {}",
+                ch.urls.join(",")
             );
         } else {
             println!(

@@ -126,12 +126,12 @@ impl TestServer {
     }
 }
 
-fn resource(service: &str) -> Resource {
+pub(crate) fn resource(service: &str) -> Resource {
     Resource::builder().with_service_name(service.to_owned()).build()
 }
 
 /// Sends one trace (root + child, the child failing) with the Rust SDK's span exporter.
-async fn send_trace(exporter: opentelemetry_otlp::SpanExporter, service: &str) {
+pub(crate) async fn send_trace(exporter: opentelemetry_otlp::SpanExporter, service: &str) {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_simple_exporter(exporter)
         .with_resource(resource(service))
@@ -202,15 +202,28 @@ async fn rust_sdk_traces_over_grpc_and_http_are_persisted_with_their_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_sdk_logs_over_grpc_are_persisted() {
     let mut s = TestServer::start(|_, _| {}, true).await;
+    send_logs_grpc(s.grpc, "log-svc").await;
+    s.stop().await;
+    let rows = s.query(
+        "SELECT severity_number || ' ' || severity_text || ' ' || body || ' ' || json_extract(attributes, '$.\"user.id\"') \
+         FROM logs WHERE service_name = 'log-svc' ORDER BY severity_number",
+    );
+    assert_eq!(rows, vec!["9 INFO hello 42".to_string(), "17 ERROR it broke 42".to_string()]);
+    s.assert_books();
+}
+
+/// Emits two log records (INFO "hello", ERROR "it broke", both with `user.id` = 42) with the
+/// Rust SDK's gRPC log exporter.
+pub(crate) async fn send_logs_grpc(grpc: SocketAddr, service: &str) {
     let exporter = opentelemetry_otlp::LogExporter::builder()
         .with_tonic()
-        .with_endpoint(format!("http://{}", s.grpc))
+        .with_endpoint(format!("http://{grpc}"))
         .with_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder()
         .with_simple_exporter(exporter)
-        .with_resource(resource("log-svc"))
+        .with_resource(resource(service))
         .build();
     let logger = provider.logger("e2e-logs");
     for (sev, body) in [(Severity::Info, "hello"), (Severity::Error, "it broke")] {
@@ -226,13 +239,6 @@ async fn rust_sdk_logs_over_grpc_are_persisted() {
         .unwrap()
         .unwrap()
         .unwrap();
-    s.stop().await;
-    let rows = s.query(
-        "SELECT severity_number || ' ' || severity_text || ' ' || body || ' ' || json_extract(attributes, '$.\"user.id\"') \
-         FROM logs WHERE service_name = 'log-svc' ORDER BY severity_number",
-    );
-    assert_eq!(rows, vec!["9 INFO hello 42".to_string(), "17 ERROR it broke 42".to_string()]);
-    s.assert_books();
 }
 
 const JSON_TRACE: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"json-svc"}}]},
@@ -402,7 +408,7 @@ async fn a_full_queue_throttles_with_retry_after_and_the_clients_retry_succeeds(
 }
 
 /// The Python interpreter of the venv `.ci/test` creates (or `OTELRING_PYTHON`).
-fn python() -> std::path::PathBuf {
+pub(crate) fn python() -> std::path::PathBuf {
     let p = std::env::var_os("OTELRING_PYTHON")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The ClickHouse sink against its baseline, in one run, on one 2-node cluster (docs/CLICKHOUSE.md,
+# issue "scale out"):
+#
+#   ours:     the release binary (OTELRING_SINK=clickhouse, 2 workers: shard i -> node i) under
+#             `otelring loadgen`; persisted spans/s from the first request to the server's exit
+#             after SIGTERM (drain included), as benches/e2e.sh times it.
+#   baseline: the very rows ours stored, exported from each node's local table in batches of
+#             INGEST_WRITER_MAX_ROWS (20,000, otelring's coalescing limit) as RowBinary files,
+#             the table truncated, then the files POSTed straight back (plain RowBinary over HTTP,
+#             one sequential stream per node, as otelring's one writer per node): no otelring.
+#
+#   benches/clickhouse.sh [rounds] [loadgen args...]
+#   e.g. benches/clickhouse.sh 3 --requests 800 --items 1000 --concurrency 8      (a measurement)
+#        benches/clickhouse.sh 1 --requests 20 --items 1000                         (a smoke)
+#
+# Needs /usr/sbin/clickhouse-server (apt-get install -y clickhouse-server clickhouse-client) and a
+# release build with the load generator (cargo build --release --features loadgen). The binary:
+# $OTELRING_BIN, else ${CARGO_TARGET_DIR:-<repo>/target}/release/otelring. Everything it starts
+# is stopped by pid and its temp dir removed on exit, also on failure.
+set -euo pipefail
+rounds=${1:-1}; shift || true
+loadgen_args=("$@")
+[ ${#loadgen_args[@]} -gt 0 ] || loadgen_args=(--requests 800 --items 1000 --concurrency 8)
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+bin="${OTELRING_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/otelring}"
+batch=20000
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+http=(); tcp=()
+for i in 0 1; do http+=("$(port)"); tcp+=("$(port)"); done
+for i in 0 1; do
+  d="$dir/ch$i"; mkdir -p "$d/data" "$d/tmp"
+  cat >"$d/config.xml" <<X
+<yandex>
+  <logger><level>warning</level><console>1</console></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>${http[$i]}</http_port><tcp_port>${tcp[$i]}</tcp_port>
+  <interserver_http_port>$(port)</interserver_http_port>
+  <path>$d/data/</path><tmp_path>$d/tmp/</tmp_path>
+  <users_config>$d/users.xml</users_config>
+  <default_profile>default</default_profile><default_database>default</default_database>
+  <mark_cache_size>5368709120</mark_cache_size>
+  <remote_servers><bench>
+    <shard><replica><host>127.0.0.1</host><port>${tcp[0]}</port></replica></shard>
+    <shard><replica><host>127.0.0.1</host><port>${tcp[1]}</port></replica></shard>
+  </bench></remote_servers>
+</yandex>
+X
+  cat >"$d/users.xml" <<X
+<yandex><profiles><default></default></profiles>
+<users><default><password></password><networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota></default></users>
+<quotas><default></default></quotas></yandex>
+X
+  /usr/sbin/clickhouse-server --config-file="$d/config.xml" >"$d/log" 2>&1 &
+  pids+=($!)
+done
+q() { curl -sS --fail-with-body "http://127.0.0.1:${http[$1]}/" --data-binary "$2"; }
+for i in 0 1; do
+  for _ in $(seq 300); do q "$i" "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+urls="http://127.0.0.1:${http[0]},http://127.0.0.1:${http[1]}"
+
+for round in $(seq "$rounds"); do
+  for i in 0 1; do q "$i" "DROP DATABASE IF EXISTS otel" >/dev/null; done
+  run="$dir/run$round"; mkdir -p "$run"
+  grpc=127.0.0.1:$(port); ohttp=127.0.0.1:$(port)
+  OTELRING_SINK=clickhouse OTELRING_CLICKHOUSE_URLS="$urls" "$bin" --data-dir "$run/data" --workers 2 \
+    --grpc-addr "$grpc" --http-addr "$ohttp" >"$run/out" 2>"$run/err" &
+  opid=$!; pids+=("$opid")
+  for _ in $(seq 200); do grep -q listening "$run/out" 2>/dev/null && break; sleep 0.05; done
+  "$bin" loadgen --target-grpc "$grpc" --target-http "$ohttp" --json --settle-ms 0 "${loadgen_args[@]}" \
+    >"$run/load.json" 2>"$run/load.err"
+  kill -TERM "$opid"; wait "$opid" || true
+  end=$(date +%s.%N)
+  start=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["start_unix_ns"] / 1e9)' "$run/load.json")
+  persisted=$(grep -o 'books traces [^ ]* [^ ]* persisted=[0-9]*' "$run/err" | grep -o '[0-9]*$' || echo 0)
+  ours=$(python3 -c "print(f'{$persisted / ($end - $start):.0f}')")
+
+  # Baseline: the same rows, batch by batch, exported per node (untimed), then POSTed back.
+  cols=$(q 0 "DESCRIBE TABLE otel.otel_traces_local" | cut -f1 | sed 's/.*/`&`/' | paste -sd, -)
+  rows_total=0
+  for i in 0 1; do
+    n=$(q "$i" "SELECT count() FROM otel.otel_traces_local")
+    rows_total=$((rows_total + n))
+    mkdir -p "$run/batches$i"
+    for ((off = 0; off < n; off += batch)); do
+      q "$i" "SELECT $cols FROM otel.otel_traces_local ORDER BY TenantId, TraceId, SpanId LIMIT $off, $batch FORMAT RowBinary" \
+        >"$run/batches$i/$(printf %08d "$off").bin"
+    done
+    q "$i" "TRUNCATE TABLE otel.otel_traces_local" >/dev/null
+  done
+  insert=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' \
+    "INSERT INTO otel.otel_traces_local ($cols) FORMAT RowBinary")
+  t0=$(date +%s.%N)
+  bp=()
+  for i in 0 1; do
+    (for f in "$run/batches$i"/*.bin; do
+       curl -sS --fail-with-body "http://127.0.0.1:${http[$i]}/?query=$insert" --data-binary "@$f" >/dev/null
+     done) &
+    bp+=($!)
+  done
+  wait "${bp[@]}"
+  t1=$(date +%s.%N)
+  back=$(($(q 0 "SELECT count() FROM otel.otel_traces_local") + $(q 1 "SELECT count() FROM otel.otel_traces_local")))
+  base=$(python3 -c "print(f'{$rows_total / ($t1 - $t0):.0f}')")
+  echo "round $round: ours $ours spans/s (persisted $persisted); baseline $base spans/s ($back of $rows_total rows re-inserted in $batch-row batches); ratio $(python3 -c "print(f'{$ours / max($base, 1):.2f}')")"
+  rm -rf "$run"
+done

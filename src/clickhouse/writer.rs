@@ -1,0 +1,462 @@
+//! Writer thread i's [`BatchWriter`] into ClickHouse node (i mod nodes).
+//!
+//! - `write`: the group's rows, one RowBinary INSERT per table (spans, logs, then each metric
+//!   kind) into the node's local tables. ClickHouse has no multi-table transaction: when a later
+//!   table fails, the earlier ones are already stored, and the group goes to the DLQ (async) or
+//!   its requests are answered UNAVAILABLE (commit mode) anyway. The replay or the client's
+//!   retry inserts those rows again; the tables' ReplacingMergeTree identity keys make the
+//!   duplicates invisible to `FINAL` queries (see [`super::schema`]).
+//! - `spill`: the shard's DLQ ([`ShardDlq`], the same files as the SQLite sink).
+//! - `maintain`: replays the oldest DLQ file with backoff (bisecting a file that fails for a
+//!   permanent reason down to its poison units, which go to `poison/` and count lost), creates the
+//!   node's tables when they were missing, and pings a failed node while there is nothing to
+//!   replay, so `/readyz` comes back without traffic.
+//!
+//! There is no `dlq_applied` table here: a file is replayed whole again after a failure or a
+//! crash mid-replay, and the identity keys absorb the repeats. Poison units found by an earlier
+//! attempt at the same file are remembered, so they are written to `poison/` once.
+
+use super::client::{Node, NodeError};
+use super::rowbinary;
+use super::schema;
+use crate::pipeline::batch::{Batch, Signal};
+use crate::pipeline::stats::LostReason;
+use crate::pipeline::{BatchWriter, Group, Stats, WriteError};
+use crate::store::ShardGauges;
+use crate::store::dlq::{self, DlqError, ShardDlq};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// First delay before a DLQ replay or a probe after a failure; doubles up to
+/// [`REPLAY_MAX_BACKOFF`] (the SQLite sink's values, so both sinks recover alike).
+pub const REPLAY_MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between replay attempts while the node keeps failing.
+pub const REPLAY_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// ClickHouse `UNKNOWN_TABLE` / `UNKNOWN_DATABASE`: the node lost its tables (a new node, or
+/// dropped by hand); they are created again before the next insert.
+const SCHEMA_GONE_CODES: [u32; 2] = [60, 81];
+
+/// Where a writer's node tables come from: the database and the cluster the Distributed tables
+/// span.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub database: String,
+    pub cluster: String,
+}
+
+/// Creates `target`'s database, version table, local tables and Distributed tables on `node`
+/// (every statement `IF NOT EXISTS`, so any number of otelring instances may run it at once).
+/// Refuses a node whose recorded schema version is newer than this build's.
+pub fn ensure_schema(node: &Node, target: &Target) -> Result<(), SchemaError> {
+    let db = &target.database;
+    let run = |sql: &str| -> Result<String, SchemaError> {
+        match node.query(sql) {
+            Ok(s) => Ok(s),
+            // TABLE_ALREADY_EXISTS / DATABASE_ALREADY_EXISTS: another instance won the race.
+            Err(e) if matches!(e.code(), Some(57) | Some(82)) => Ok(String::new()),
+            Err(e) => Err(SchemaError::Node(e)),
+        }
+    };
+    run(&schema::create_database(db))?;
+    run(&schema::create_version_table(db))?;
+    let found: u32 = run(&schema::read_version(db))?.trim().parse().unwrap_or(0);
+    if found > schema::SCHEMA_VERSION {
+        return Err(SchemaError::Newer { node: node.url().to_owned(), found });
+    }
+    for t in schema::TABLES {
+        run(&t.create_local(db))?;
+    }
+    for t in schema::TABLES {
+        run(&t.create_distributed(db, &target.cluster))?;
+    }
+    if found < schema::SCHEMA_VERSION {
+        run(&schema::record_version(db))?;
+    }
+    Ok(())
+}
+
+/// Why a node's tables could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(
+        "{node}: the ClickHouse schema is version {found}, newer than this otelring's {}; upgrade otelring",
+        schema::SCHEMA_VERSION
+    )]
+    Newer { node: String, found: u32 },
+}
+
+/// Result of one replay attempt on the oldest DLQ file.
+#[derive(Debug, PartialEq, Eq)]
+enum Replay {
+    Finished,
+    Failed,
+}
+
+/// Shard i's ClickHouse writer.
+pub struct ClickHouseWriter {
+    shard: usize,
+    node: Node,
+    target: Target,
+    stats: Arc<Stats>,
+    gauges: Arc<ShardGauges>,
+    dlq: ShardDlq,
+    schema_ready: bool,
+    next_replay: Instant,
+    replay_backoff: Duration,
+    next_probe: Instant,
+    probe_backoff: Duration,
+    /// Poison units (first, last) of the file being replayed, by file id: found by an earlier
+    /// attempt, already in `poison/`.
+    poison_seen: Option<(String, Vec<(u64, u64)>)>,
+}
+
+impl std::fmt::Debug for ClickHouseWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseWriter").field("shard", &self.shard).field("node", &self.node).finish()
+    }
+}
+
+impl ClickHouseWriter {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        shard: usize,
+        node: Node,
+        target: Target,
+        schema_ready: bool,
+        dlq: ShardDlq,
+        stats: Arc<Stats>,
+        gauges: Arc<ShardGauges>,
+    ) -> Self {
+        let now = Instant::now();
+        let w = Self {
+            shard,
+            node,
+            target,
+            stats,
+            gauges,
+            dlq,
+            schema_ready,
+            next_replay: now,
+            replay_backoff: REPLAY_MIN_BACKOFF,
+            next_probe: now,
+            probe_backoff: REPLAY_MIN_BACKOFF,
+            poison_seen: None,
+        };
+        w.publish_dlq();
+        w
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    fn publish_dlq(&self) {
+        self.gauges.dlq_files.store(self.dlq.len() as u64, Ordering::Relaxed);
+        self.gauges.dlq_bytes.store(self.dlq.bytes(), Ordering::Relaxed);
+    }
+
+    /// Inserts every row of `batches` (creating the node's tables first when needed).
+    fn insert(&mut self, batches: &[Batch]) -> Result<(), NodeError> {
+        if !self.schema_ready {
+            match ensure_schema(&self.node, &self.target) {
+                Ok(()) => self.schema_ready = true,
+                Err(SchemaError::Node(e)) => return Err(e),
+                Err(e @ SchemaError::Newer { .. }) => {
+                    return Err(NodeError::Status {
+                        node: self.node.url().to_owned(),
+                        status: 500,
+                        code: None,
+                        text: e.to_string(),
+                    });
+                }
+            }
+        }
+        for body in rowbinary::encode(batches) {
+            let statement = body.table.insert(&self.target.database);
+            if let Err(e) = self.node.insert(&statement, body.bytes) {
+                if e.code().is_some_and(|c| SCHEMA_GONE_CODES.contains(&c)) {
+                    self.schema_ready = false;
+                }
+                return Err(e);
+            }
+        }
+        self.gauges.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One maintenance tick: replay (when due), probe (when due). Returns how soon the next one
+    /// is wanted.
+    fn tick(&mut self) -> Option<Duration> {
+        if !self.dlq.is_empty() && Instant::now() >= self.next_replay {
+            match self.replay_oldest() {
+                Replay::Finished => self.replay_backoff = REPLAY_MIN_BACKOFF,
+                Replay::Failed => {
+                    self.gauges.dlq_replay_failures.fetch_add(1, Ordering::Relaxed);
+                    self.next_replay = Instant::now() + self.replay_backoff;
+                    self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_MAX_BACKOFF);
+                }
+            }
+            self.publish_dlq();
+        }
+        if self.probes_due() && Instant::now() >= self.next_probe {
+            self.probe();
+        }
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        if !self.dlq.is_empty() {
+            next = Some(self.next_replay);
+        }
+        if self.probes_due() {
+            next = Some(next.map_or(self.next_probe, |n| n.min(self.next_probe)));
+        }
+        next.map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)))
+    }
+
+    /// A readiness flag nothing else will clear: the DLQ disk failed, or the node failed and no
+    /// DLQ file's replay will retry it.
+    fn probes_due(&self) -> bool {
+        let st = &self.stats;
+        st.dlq_failing.get(self.shard) || (st.db_failing.get(self.shard) && self.dlq.is_empty())
+    }
+
+    fn probe(&mut self) {
+        let mut failing = false;
+        if self.stats.dlq_failing.get(self.shard) {
+            match self.dlq.probe() {
+                Ok(()) => self.stats.dlq_failing.set(self.shard, false),
+                Err(e) => {
+                    tracing::debug!(shard = self.shard, error = %e, "dlq probe failed");
+                    failing = true;
+                }
+            }
+        }
+        if self.stats.db_failing.get(self.shard) && self.dlq.is_empty() {
+            let ok = self.node.ping().and_then(|()| {
+                if self.schema_ready {
+                    Ok(())
+                } else {
+                    ensure_schema(&self.node, &self.target).map(|()| self.schema_ready = true).map_err(|e| {
+                        NodeError::Connect { node: self.node.url().to_owned(), message: e.to_string() }
+                    })
+                }
+            });
+            match ok {
+                Ok(()) => self.stats.db_failing.set(self.shard, false),
+                Err(e) => {
+                    tracing::debug!(shard = self.shard, error = %e, "clickhouse probe failed");
+                    failing = true;
+                }
+            }
+        }
+        if failing {
+            self.next_probe = Instant::now() + self.probe_backoff;
+            self.probe_backoff = (self.probe_backoff * 2).min(REPLAY_MAX_BACKOFF);
+        } else {
+            self.probe_backoff = REPLAY_MIN_BACKOFF;
+        }
+    }
+
+    /// Replays the oldest DLQ file: inserts it whole; on a permanent failure bisects it down to
+    /// its poison units (moved to `poison/`, counted lost); on a transient one stops and backs
+    /// off. The books move when the file is finished.
+    fn replay_oldest(&mut self) -> Replay {
+        let Some(entry) = self.dlq.oldest().cloned() else { return Replay::Finished };
+        let decoded = match self.dlq.load(&entry) {
+            Ok(d) => d,
+            Err(DlqError::Damaged(why)) => {
+                tracing::error!(shard = self.shard, file = %entry.path.display(), why,
+                    "damaged dlq file; set aside in corrupt/ and counted lost");
+                return match self.dlq.set_aside_oldest() {
+                    Ok(_) => {
+                        self.gauges.dlq_corrupt_files.fetch_add(1, Ordering::Relaxed);
+                        self.book_finished([0; 3], LostReason::DlqCorrupt, entry.items);
+                        Replay::Finished
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = self.shard, error = %e, "could not set a damaged dlq file aside");
+                        self.stats.dlq_failing.set(self.shard, true);
+                        Replay::Failed
+                    }
+                };
+            }
+            Err(DlqError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::error!(shard = self.shard, file = %entry.path.display(),
+                    "pending dlq file is missing; forgotten and counted lost");
+                self.dlq.forget_oldest();
+                self.gauges.dlq_corrupt_files.fetch_add(1, Ordering::Relaxed);
+                self.book_finished([0; 3], LostReason::DlqCorrupt, entry.items);
+                return Replay::Finished;
+            }
+            Err(DlqError::Io(e)) => {
+                tracing::warn!(shard = self.shard, error = %e, "could not read a dlq file");
+                self.stats.dlq_failing.set(self.shard, true);
+                return Replay::Failed;
+            }
+        };
+        let units = decoded.header.units;
+        let id = entry.id.clone();
+        let mut poison: Vec<(u64, u64)> = match &self.poison_seen {
+            Some((seen, p)) if *seen == id => p.clone(),
+            _ => Vec::new(),
+        };
+        if units > 0 {
+            // Work list of unit ranges still to insert, front first.
+            let mut work: Vec<(u64, u64)> = uncovered(0, units - 1, &poison);
+            work.reverse();
+            while let Some((a, b)) = work.pop() {
+                let whole = a == 0 && b == units - 1;
+                let part;
+                let batches: &[Batch] = if whole {
+                    &decoded.batches
+                } else {
+                    part = dlq::slice_units(&decoded.batches, a, b);
+                    &part
+                };
+                match self.insert(batches) {
+                    Ok(()) => self.stats.db_failing.set(self.shard, false),
+                    Err(e) if e.permanent() && a < b => {
+                        let mid = a + (b - a) / 2;
+                        tracing::warn!(shard = self.shard, file = %id, first = a, last = b, error = %e,
+                            "dlq replay refused for a permanent reason; bisecting");
+                        work.push((mid + 1, b));
+                        work.push((a, mid));
+                    }
+                    Err(e) if e.permanent() => {
+                        tracing::error!(shard = self.shard, file = %id, unit = a, error = %e,
+                            "poison unit moved to the dlq's poison/ directory and counted lost");
+                        if let Err(err) = self.dlq.write_poison(batches, &id, a, &e.to_string()) {
+                            tracing::error!(shard = self.shard, error = %err, "could not write a poison file");
+                            self.stats.dlq_failing.set(self.shard, true);
+                            self.poison_seen = Some((id, poison));
+                            return Replay::Failed;
+                        }
+                        self.gauges.poison_units.fetch_add(1, Ordering::Relaxed);
+                        poison.push((a, b));
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = self.shard, file = %id, error = %e, "dlq replay failed; will retry");
+                        self.stats.db_failing.set(self.shard, true);
+                        self.poison_seen = Some((id, poison));
+                        return Replay::Failed;
+                    }
+                }
+            }
+        }
+        let mut lost = [0u64; 3];
+        for &(a, b) in &poison {
+            for (i, n) in dlq::items_of_units(&decoded.batches, a, b).iter().enumerate() {
+                lost[i] += n;
+            }
+        }
+        if let Err(e) = self.dlq.remove_oldest() {
+            tracing::warn!(shard = self.shard, error = %e, "could not delete a replayed dlq file");
+            self.stats.dlq_failing.set(self.shard, true);
+            self.poison_seen = Some((id, poison));
+            return Replay::Failed;
+        }
+        self.poison_seen = None;
+        self.stats.dlq_failing.set(self.shard, false);
+        let mut persisted = entry.items;
+        for (p, l) in persisted.iter_mut().zip(lost) {
+            *p = p.saturating_sub(l);
+        }
+        self.gauges.dlq_replayed_files.fetch_add(1, Ordering::Relaxed);
+        self.gauges.dlq_replayed_items.fetch_add(persisted.iter().sum::<u64>(), Ordering::Relaxed);
+        self.book_finished(persisted, LostReason::Poison, lost);
+        Replay::Finished
+    }
+
+    /// Books a finished DLQ file: `persisted` items stored, `lost` lost for `reason`; both leave
+    /// `dlq_pending`.
+    fn book_finished(&self, persisted: [u64; 3], reason: LostReason, lost: [u64; 3]) {
+        for s in Signal::ALL {
+            let st = self.stats.signal(s);
+            let (p, l) = (persisted[s.index()], lost[s.index()]);
+            st.persisted_items.fetch_add(p, Ordering::Relaxed);
+            if l > 0 {
+                st.add_lost(reason, l);
+            }
+            st.dlq_pending_items.fetch_sub((p + l) as i64, Ordering::Relaxed);
+        }
+        self.publish_dlq();
+    }
+}
+
+/// The sub-ranges of `[a, b]` not covered by `covered`, in order (as the SQLite sink's replay).
+fn uncovered(a: u64, b: u64, covered: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut c: Vec<(u64, u64)> =
+        covered.iter().copied().filter(|&(x, y)| x <= y && y >= a && x <= b).collect();
+    c.sort_unstable();
+    let mut out = Vec::new();
+    let mut next = a;
+    for (x, y) in c {
+        if x > next {
+            out.push((next, x - 1));
+        }
+        if y >= next {
+            match y.checked_add(1) {
+                Some(n) => next = n,
+                None => return out,
+            }
+        }
+        if next > b {
+            return out;
+        }
+    }
+    if next <= b {
+        out.push((next, b));
+    }
+    out
+}
+
+impl BatchWriter for ClickHouseWriter {
+    fn write(&mut self, group: &Group) -> Result<(), WriteError> {
+        match self.insert(group.batches()) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The node is failing: give replay a rest before it tries again.
+                self.next_replay = Instant::now() + self.replay_backoff;
+                Err(WriteError::Database(e.to_string()))
+            }
+        }
+    }
+
+    fn spill(&mut self, batches: &[Batch], cause: &WriteError) -> Result<(), WriteError> {
+        let spilled = self.dlq.spill(batches, &cause.to_string());
+        for old in self.dlq.take_evicted() {
+            self.gauges.dlq_evicted_files.fetch_add(1, Ordering::Relaxed);
+            for s in Signal::ALL {
+                let n = old.items[s.index()];
+                let st = self.stats.signal(s);
+                st.add_lost(LostReason::DlqEvicted, n);
+                st.dlq_pending_items.fetch_sub(n as i64, Ordering::Relaxed);
+            }
+        }
+        if spilled.is_ok() {
+            self.gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.dlq_failing.set(self.shard, spilled.is_err());
+        self.publish_dlq();
+        spilled.map(drop).map_err(|e| WriteError::Spill(e.to_string()))
+    }
+
+    fn maintain(&mut self) -> Option<Duration> {
+        self.tick()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncovered_ranges() {
+        assert_eq!(uncovered(0, 9, &[]), vec![(0, 9)]);
+        assert_eq!(uncovered(0, 9, &[(3, 4), (7, 7)]), vec![(0, 2), (5, 6), (8, 9)]);
+        assert_eq!(uncovered(0, 9, &[(0, 9)]), vec![]);
+    }
+}
