@@ -390,6 +390,8 @@ pub struct SegmentValues {
     pub segments: u64,
     pub data_bytes: u64,
     pub active_bytes: u64,
+    /// The shard's share of `OTELRING_RETENTION_BYTES` (0: no size limit).
+    pub retention_limit_bytes: u64,
     /// Counters: segments dropped by retention for age / for the size limit, their bytes and rows.
     pub dropped_age: u64,
     pub dropped_bytes_limit: u64,
@@ -988,6 +990,12 @@ impl Collector for LiveCollector {
             per_shard_g(&|v| v.active_bytes),
         )?;
         let sum = |f: &dyn Fn(SegmentValues) -> u64| segs.iter().map(|v| f(*v)).sum::<u64>();
+        gauge(
+            e,
+            "store_retention_limit_bytes",
+            "The shard's share of OTELRING_RETENTION_BYTES (0: no size limit)",
+            per_shard_g(&|v| v.retention_limit_bytes),
+        )?;
         counter(
             e,
             "store_retention_dropped_segments",
@@ -1206,6 +1214,7 @@ mod tests {
                 "otelring_store_segments",
                 "otelring_store_data_bytes",
                 "otelring_store_active_segment_bytes",
+                "otelring_store_retention_limit_bytes",
             ] {
                 out.push(key(n, &[("shard", shard)]));
             }

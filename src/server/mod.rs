@@ -282,6 +282,7 @@ impl crate::metrics::LiveGauges for Live {
                 segments: r(&g.segments),
                 data_bytes: r(&g.data_bytes),
                 active_bytes: r(&g.active_segment_bytes),
+                retention_limit_bytes: r(&g.retention_limit_bytes),
                 dropped_age: r(&g.retention_segments_age),
                 dropped_bytes_limit: r(&g.retention_segments_bytes),
                 dropped_bytes: r(&g.retention_dropped_bytes),

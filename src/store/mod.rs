@@ -116,6 +116,8 @@ pub struct ShardGauges {
     pub retention_segments_age: AtomicU64,
     pub retention_segments_bytes: AtomicU64,
     pub retention_dropped_bytes: AtomicU64,
+    /// This shard's share of `OTELRING_RETENTION_BYTES` (0: no size limit).
+    pub retention_limit_bytes: AtomicU64,
     /// Segments of the shard (active included) and the bytes they take (file + WAL).
     pub segments: AtomicU64,
     pub data_bytes: AtomicU64,
@@ -342,6 +344,7 @@ impl Store {
                 );
             }
             let g = Arc::new(ShardGauges::default());
+            g.retention_limit_bytes.store(limits.retention_bytes, Ordering::Relaxed);
             g.dlq_corrupt_files.fetch_add(rec.corrupt_files, Ordering::Relaxed);
             gauges.push(g.clone());
             writers.push(ShardWriter::new(
