@@ -176,6 +176,10 @@ fn a_lookup_by_id_uses_the_key_indexes() {
     assert_eq!(q(dir.path(), &by_tenant_span), 3);
     let p = plan(&all, &by_trace);
     assert_eq!(p.matches("USING PRIMARY KEY (trace_id=?)").count(), 2, "{p}");
+    // The merged `traces` view too: the id reaches every segment's primary key.
+    let merged = format!("SELECT * FROM traces WHERE tenant_id = 'default' AND trace_id = '{hex}'");
+    let p = plan(&all, &merged);
+    assert_eq!(p.matches("USING PRIMARY KEY (trace_id=? AND tenant_id=?)").count(), 2, "{p}");
     // Recent errors: the partial index, in one segment and in each branch of the union.
     let errors = "SELECT trace_id FROM trace_segments WHERE tenant_id = 'default' \
                   AND status = 'STATUS_CODE_ERROR' ORDER BY start_time_unix_nano DESC LIMIT 20";

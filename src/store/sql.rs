@@ -157,18 +157,28 @@ pub fn open_read_only_window(data_dir: &Path, window: Window) -> Result<Connecti
         }
         conn.execute_batch(&format!("CREATE TEMP VIEW {view} AS {}", union.join(" UNION ALL ")))?;
     }
-    // One logical row per trace (DESIGN 1.4): the trace rule over the per-segment rows. The
-    // service is the one of the row that sorts highest by (has a root, earliest segment).
+    // One logical row per trace (DESIGN 1.4): the trace rule over the per-segment rows. Window
+    // functions partitioned by (tenant_id, trace_id), not GROUP BY: SQLite pushes a WHERE on the
+    // partition columns down into every segment's branch, so a trace by id is one primary-key
+    // search per segment (a GROUP BY over the union would aggregate every row first). The
+    // service is the first by (has a root, earliest segment).
     conn.execute_batch(
-        "CREATE TEMP VIEW traces AS SELECT tenant_id, trace_id,
-            substr(max(printf('%d%012d', has_root, 999999999999 - segment) || service_name), 14) AS service_name,
-            min(start_time_unix_nano) AS start_time_unix_nano,
-            max(end_time_unix_nano) AS end_time_unix_nano,
-            max(0, max(end_time_unix_nano) - min(start_time_unix_nano)) / 1000 AS duration_us,
-            CASE max(CASE status WHEN 'STATUS_CODE_ERROR' THEN 2 WHEN 'STATUS_CODE_OK' THEN 1 ELSE 0 END)
-                WHEN 2 THEN 'STATUS_CODE_ERROR' WHEN 1 THEN 'STATUS_CODE_OK' ELSE 'STATUS_CODE_UNSET' END AS status,
-            max(has_root) AS has_root, max(ingested_at) AS ingested_at, min(shard) AS shard
-         FROM trace_segments GROUP BY tenant_id, trace_id",
+        "CREATE TEMP VIEW traces AS SELECT tenant_id, trace_id, service_name, start_time_unix_nano,
+            end_time_unix_nano, max(0, end_time_unix_nano - start_time_unix_nano) / 1000 AS duration_us,
+            status, has_root, ingested_at, shard
+         FROM (SELECT tenant_id, trace_id,
+                first_value(service_name) OVER (PARTITION BY tenant_id, trace_id
+                                                ORDER BY has_root DESC, segment) AS service_name,
+                min(start_time_unix_nano) OVER p AS start_time_unix_nano,
+                max(end_time_unix_nano) OVER p AS end_time_unix_nano,
+                CASE max(CASE status WHEN 'STATUS_CODE_ERROR' THEN 2 WHEN 'STATUS_CODE_OK' THEN 1 ELSE 0 END)
+                     OVER p
+                    WHEN 2 THEN 'STATUS_CODE_ERROR' WHEN 1 THEN 'STATUS_CODE_OK' ELSE 'STATUS_CODE_UNSET' END
+                    AS status,
+                max(has_root) OVER p AS has_root, max(ingested_at) OVER p AS ingested_at, shard,
+                row_number() OVER (PARTITION BY tenant_id, trace_id ORDER BY segment) AS part
+               FROM trace_segments WINDOW p AS (PARTITION BY tenant_id, trace_id))
+         WHERE part = 1",
     )?;
     conn.execute_batch("PRAGMA query_only = 1")?;
     Ok(conn)
