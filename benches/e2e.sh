@@ -8,7 +8,8 @@
 #        benches/e2e.sh commit "INGEST_ASYNC_ENABLED=false" "--requests 800 --items 1000 --concurrency 16"
 #
 # Build once first: cargo build --release --features loadgen. The binary: $OTELRING_BIN, else
-# ${CARGO_TARGET_DIR:-<repo>/target}/release/otelring. The whole matrix (every scenario, the
+# ${CARGO_TARGET_DIR:-<repo>/target}/release/otelring; $OTELRING_SERVER_BIN runs another build as
+# the server (an older release for a before/after figure) under this one's loadgen. The whole matrix (every scenario, the
 # baseline in the same run, checks, medians): benches/matrix.sh.
 set -euo pipefail
 label=$1; server_env=$2; loadgen_args=$3
@@ -21,7 +22,7 @@ trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$di
 trap 'exit 130' INT TERM
 grpc=127.0.0.1:$((20000 + RANDOM % 20000)); http=127.0.0.1:$((40000 + RANDOM % 20000))
 # shellcheck disable=SC2086 # the env and loadgen arguments are word lists
-env $server_env "$bin" --data-dir "$dir/data" --grpc-addr "$grpc" --http-addr "$http" >"$dir/out" 2>"$dir/err" &
+env $server_env "${OTELRING_SERVER_BIN:-$bin}" --data-dir "$dir/data" --grpc-addr "$grpc" --http-addr "$http" >"$dir/out" 2>"$dir/err" &
 pid=$!
 for _ in $(seq 100); do grep -q listening "$dir/out" 2>/dev/null && break; sleep 0.05; done
 # The loadgen pre-encodes before its clock starts and reports when its first request went out

@@ -162,6 +162,9 @@ def parse_args():
     ap.add_argument("--rss-base-mib", type=float, default=64.0,
                     help="fixed base of the RSS budget (DESIGN 1.2 'a fixed base'; default 64)")
     ap.add_argument("--bin", help="otelring binary (default ${CARGO_TARGET_DIR:-target}/release/otelring)")
+    ap.add_argument("--server-bin",
+                    help="steady state: run this otelring as the server (e.g. an older release, for a "
+                         "before/after plot) while --bin's loadgen drives it")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build first")
     ap.add_argument("--features", default="loadgen",
                     help="cargo features of the build (default loadgen; e.g. loadgen,mimalloc)")
@@ -786,11 +789,12 @@ def scrape_metrics(http):
 
 
 def commit_gap(metrics_text, log_text):
-    """The server's worst commit gap in seconds: the largest value of any exported metric whose
-    name contains commit_gap (e.g. otelring_writer_max_commit_gap_seconds), else the largest
-    'commit gap' figure in its log, else None."""
+    """The server's worst commit gap around a rotation in seconds: the longest pause a segment
+    rotation caused a writer (otelring_store_rotation_max_pause_seconds), or any exported metric
+    whose name contains commit_gap, else the largest 'commit gap' figure in its log, else None."""
     vals = []
-    for m in re.finditer(r"^(otelring_\w*commit_gap\w*)(\{[^}]*\})? (\S+)$", metrics_text or "", re.M):
+    pat = r"^(otelring_\w*(?:commit_gap|rotation_max_pause)\w*)(\{[^}]*\})? (\S+)$"
+    for m in re.finditer(pat, metrics_text or "", re.M):
         if not m.group(1).endswith(("_count", "_bucket")):
             try:
                 vals.append(float(m.group(3)))
@@ -832,7 +836,7 @@ def steady_row(a, binary, out_dir, rate):
     children = []
     try:
         with open(sout, "w") as so, open(serr, "w") as se:
-            server = subprocess.Popen([binary, "serve", "--data-dir", data, "--grpc-addr", "127.0.0.1:0",
+            server = subprocess.Popen([a.server_bin or binary, "serve", "--data-dir", data, "--grpc-addr", "127.0.0.1:0",
                                        "--http-addr", "127.0.0.1:0", "--workers", str(a.workers)],
                                       stdout=so, stderr=se, env=env, stdin=subprocess.DEVNULL)
         children.append(server)
