@@ -9,8 +9,9 @@
 use crate::pipeline::admission::{MAX_QUEUE_BYTES, MAX_QUEUE_SIZE};
 use std::time::Duration;
 
-/// Most shards (writer threads, SQLite files): SQLite attaches at most 10 databases by default,
-/// and `otelring sql` attaches every shard.
+/// Most shards (writer threads, each with its own SQLite segments). The shard count is part of a
+/// data directory's format (it decides which files a trace lives in); 10 keeps the shard record
+/// and `otelring sql`'s attachment budget (125 segments at once) meaningful.
 pub const MAX_SHARDS: usize = 10;
 /// Default writer count when the data directory records none: min(cores, 4). Beyond 4 writers
 /// the WAL and disk, not the CPU, bound a shard set on the machines we measured.
@@ -224,7 +225,8 @@ pub const MIN_SEGMENT_AGE: Duration = Duration::from_secs(1);
 /// The SQLite store's settings (DESIGN 1.3, 1.4, 1.6).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoreConfig {
-    /// `OTELRING_DATA_DIR`: shard files `otelring-<i>.db` and the shard-count record.
+    /// `OTELRING_DATA_DIR`: the shards' segment files (`otelring-<i>.db`, `otelring-<i>.<n>.db`),
+    /// the segment catalog and the shard-count record.
     pub data_dir: std::path::PathBuf,
     /// `DLQ_PATH`: dead-letter files (default `<data dir>/dlq`).
     pub dlq_path: std::path::PathBuf,

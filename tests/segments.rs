@@ -230,6 +230,7 @@ fn write_legacy_dir(dir: &Path) {
     let mut c = Connection::open(dir.join(store::shard_file_name(0))).unwrap();
     c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
     schema::create_legacy(&mut c).unwrap();
+    c.execute("INSERT INTO dlq_applied VALUES ('000000000001-0001', 1)", []).unwrap();
     let t = trace_id(42).to_hex();
     c.execute(
         "INSERT INTO traces VALUES ('default', ?1, 'legacy-svc', 10, 50, 0, 'STATUS_CODE_UNSET', 1, ?2)",
@@ -270,6 +271,13 @@ fn a_legacy_data_dir_opens_as_its_first_segment() {
         })
         .unwrap();
     assert_eq!(svc, "legacy-svc", "the legacy root keeps the service");
+    // Its DLQ replay records moved into the new active segment (a DLQ file pending at the
+    // upgrade stays exactly-once).
+    let n: i64 = Connection::open(d.join(segment::segment_file_name(0, 1)))
+        .unwrap()
+        .query_row("SELECT count(*) FROM dlq_applied WHERE id = '000000000001-0001'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
     // The legacy file itself is untouched: still version 1, still readable by the stock CLI.
     let c = Connection::open(d.join(store::shard_file_name(0))).unwrap();
     assert_eq!(schema::version(&c).unwrap(), schema::LEGACY_VERSION);

@@ -71,11 +71,12 @@ pub struct Extent {
 }
 
 impl Extent {
-    /// Widens the range by rows ingested at `at`.
-    pub fn add(&mut self, rows: u64, at: i64) {
+    /// Widens the range by rows ingested between `lo` and `hi` (a transaction's batches: a DLQ
+    /// replay brings old receive times, so both ends count).
+    pub fn add(&mut self, rows: u64, lo: i64, hi: i64) {
         self.rows += rows;
-        self.min_ingested_at = Some(self.min_ingested_at.map_or(at, |m| m.min(at)));
-        self.max_ingested_at = Some(self.max_ingested_at.map_or(at, |m| m.max(at)));
+        self.min_ingested_at = Some(self.min_ingested_at.map_or(lo, |m| m.min(lo)));
+        self.max_ingested_at = Some(self.max_ingested_at.map_or(hi, |m| m.max(hi)));
     }
 }
 

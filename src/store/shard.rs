@@ -153,6 +153,13 @@ pub(super) fn open_segments(
             let seq = segs.last().map_or(0, |s| s.seq + 1);
             let file = segment::segment_file_name(shard, seq);
             let conn = open_connection(&data_dir.join(&file))?;
+            // The DLQ replay records of the segment before (a legacy file at an upgrade, or a
+            // segment sealed by reconciliation): a DLQ file pending since then stays
+            // exactly-once (rotation carries them the same way).
+            if let Some(p) = segs.last() {
+                carry_dlq_records(&conn, &data_dir.join(&p.file))
+                    .map_err(|e| StoreError::sqlite(&data_dir.join(&file), e))?;
+            }
             let info = SegmentInfo {
                 shard,
                 seq,
@@ -192,6 +199,16 @@ pub(super) fn open_segments(
         None => None,
     };
     Ok((active, prev))
+}
+
+/// Copies every `dlq_applied` record of the segment file `from` into `conn`'s segment.
+fn carry_dlq_records(conn: &Connection, from: &Path) -> rusqlite::Result<()> {
+    conn.execute("ATTACH DATABASE ?1 AS carried", [from.to_string_lossy()])?;
+    let copied = conn.execute_batch(
+        "INSERT OR IGNORE INTO main.dlq_applied (id, applied_at) SELECT id, applied_at FROM carried.dlq_applied",
+    );
+    conn.execute_batch("DETACH DATABASE carried")?;
+    copied
 }
 
 const UPSERT_TRACE: &str = "INSERT INTO trace_rows (trace_id, tenant_id, service_name, start_time_unix_nano, \
@@ -867,9 +884,12 @@ impl ShardWriter {
             Ok(n) => {
                 self.gauges.commits.fetch_add(1, Ordering::Relaxed);
                 self.gauges.prev_segment_duplicates.fetch_add(n.prev_duplicates, Ordering::Relaxed);
-                let at = batches.iter().map(|b| b.received.unix_nano).max().unwrap_or_else(unix_nano_now);
-                if n.rows > 0 {
-                    self.active.extent.add(n.rows, at);
+                let times = batches.iter().map(|b| b.received.unix_nano);
+                let (lo, hi) = (times.clone().min(), times.max());
+                if n.rows > 0
+                    && let (Some(lo), Some(hi)) = (lo, hi)
+                {
+                    self.active.extent.add(n.rows, lo, hi);
                 }
                 self.publish_wal();
                 Ok(())
