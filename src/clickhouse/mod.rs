@@ -37,7 +37,6 @@ pub mod writer;
 pub use writer::{ClickHouseWriter, Target};
 
 use crate::config::{ClickHouseConfig, StoreConfig};
-use crate::pipeline::batch::Signal;
 use crate::pipeline::{BatchWriter, Stats};
 use crate::store::dlq::ShardDlq;
 use crate::store::{self, ShardGauges, StoreError};
@@ -161,23 +160,7 @@ impl ClickHouseSink {
             let node_ready = ready.get(k).copied().unwrap_or(false);
             let (q, rec) = ShardDlq::open(&store_cfg.dlq_path, i, max_files, max_bytes)
                 .map_err(|e| StoreError::Io { path: store_cfg.dlq_path.clone(), source: e })?;
-            for s in Signal::ALL {
-                let st = stats.signal(s);
-                let (items, corrupt) = (rec.items[s.index()], rec.corrupt_items[s.index()]);
-                st.dlq_recovered_items.fetch_add(items + corrupt, Ordering::Relaxed);
-                st.dlq_pending_items.fetch_add(items as i64, Ordering::Relaxed);
-                st.add_lost(crate::pipeline::LostReason::DlqCorrupt, corrupt);
-            }
-            if rec.files > 0 {
-                tracing::info!(
-                    shard = i,
-                    files = rec.files,
-                    spans = rec.items[0],
-                    logs = rec.items[1],
-                    points = rec.items[2],
-                    "dlq files from a previous run will be replayed into clickhouse"
-                );
-            }
+            rec.book(&stats, i);
             let g = Arc::new(ShardGauges::default());
             g.dlq_corrupt_files.fetch_add(rec.corrupt_files, Ordering::Relaxed);
             gauges.push(g.clone());

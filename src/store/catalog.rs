@@ -56,6 +56,21 @@ pub struct SegmentInfo {
 }
 
 impl SegmentInfo {
+    /// A new, empty active segment started at `created_at` (unix ns).
+    pub fn new_active(shard: usize, seq: u64, file: String, created_at: i64) -> Self {
+        Self {
+            shard,
+            seq,
+            file,
+            sealed: false,
+            created_at,
+            min_ingested_at: None,
+            max_ingested_at: None,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
     /// True when the segment may hold rows ingested in `[since, until]` (unix ns, inclusive).
     /// An active segment's range is open at the top; an empty sealed one holds nothing.
     pub fn overlaps(&self, since: Option<i64>, until: Option<i64>) -> bool {

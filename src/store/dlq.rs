@@ -841,6 +841,32 @@ pub struct Recovered {
     pub tmp_files: u64,
 }
 
+impl Recovered {
+    /// Books what shard `shard`'s DLQ held at start: its items count as `dlq_recovered` and
+    /// `dlq_pending`, damaged files' items as recovered and `lost{dlq_corrupt}` (so the books
+    /// balance), and logs the files that will be replayed. Both sinks call it at open.
+    pub fn book(&self, stats: &crate::pipeline::Stats, shard: usize) {
+        use std::sync::atomic::Ordering;
+        for s in Signal::ALL {
+            let st = stats.signal(s);
+            let (items, corrupt) = (self.items[s.index()], self.corrupt_items[s.index()]);
+            st.dlq_recovered_items.fetch_add(items + corrupt, Ordering::Relaxed);
+            st.dlq_pending_items.fetch_add(items as i64, Ordering::Relaxed);
+            st.add_lost(crate::pipeline::LostReason::DlqCorrupt, corrupt);
+        }
+        if self.files > 0 {
+            tracing::info!(
+                shard,
+                files = self.files,
+                spans = self.items[0],
+                logs = self.items[1],
+                points = self.items[2],
+                "dlq files from a previous run will be replayed"
+            );
+        }
+    }
+}
+
 /// One shard's files in `DLQ_PATH`, oldest first.
 #[derive(Debug)]
 pub struct ShardDlq {

@@ -42,7 +42,6 @@ pub mod sql;
 pub use shard::{SegmentLimits, ShardWriter, is_permanent, shard_file_name};
 
 use crate::config::StoreConfig;
-use crate::pipeline::batch::Signal;
 use crate::pipeline::{BatchWriter, Stats};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -319,29 +318,13 @@ impl Store {
             let (mut q, rec) = dlq::ShardDlq::open(&cfg.dlq_path, i, max_files, max_bytes)
                 .map_err(|e| StoreError::io(&cfg.dlq_path, e))?;
             q.set_faults(faults.clone());
-            for s in Signal::ALL {
-                let st = stats.signal(s);
-                let (items, corrupt) = (rec.items[s.index()], rec.corrupt_items[s.index()]);
-                st.dlq_recovered_items.fetch_add(items + corrupt, Ordering::Relaxed);
-                st.dlq_pending_items.fetch_add(items as i64, Ordering::Relaxed);
-                st.add_lost(crate::pipeline::LostReason::DlqCorrupt, corrupt);
-            }
+            rec.book(&stats, i);
             total.files += rec.files;
             total.corrupt_files += rec.corrupt_files;
             total.tmp_files += rec.tmp_files;
             for k in 0..3 {
                 total.items[k] += rec.items[k];
                 total.corrupt_items[k] += rec.corrupt_items[k];
-            }
-            if rec.files > 0 {
-                tracing::info!(
-                    shard = i,
-                    files = rec.files,
-                    spans = rec.items[0],
-                    logs = rec.items[1],
-                    points = rec.items[2],
-                    "dlq files from a previous run will be replayed"
-                );
             }
             let g = Arc::new(ShardGauges::default());
             g.retention_limit_bytes.store(limits.retention_bytes, Ordering::Relaxed);

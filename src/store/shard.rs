@@ -160,17 +160,7 @@ pub(super) fn open_segments(
                 carry_dlq_records(&conn, &data_dir.join(&p.file))
                     .map_err(|e| StoreError::sqlite(&data_dir.join(&file), e))?;
             }
-            let info = SegmentInfo {
-                shard,
-                seq,
-                file,
-                sealed: false,
-                created_at: now,
-                min_ingested_at: None,
-                max_ingested_at: None,
-                rows: 0,
-                bytes: 0,
-            };
+            let info = SegmentInfo::new_active(shard, seq, file, now);
             catalog.insert(&info).map_err(cat_err)?;
             (info, conn)
         }
@@ -1403,17 +1393,7 @@ impl ShardWriter {
             bytes: segment::segment_bytes(&self.data_dir, &self.active.info.file),
             ..self.active.info.clone()
         };
-        let next = SegmentInfo {
-            shard: self.shard,
-            seq: spare.seq,
-            file: spare.file.clone(),
-            sealed: false,
-            created_at: now,
-            min_ingested_at: None,
-            max_ingested_at: None,
-            rows: 0,
-            bytes: 0,
-        };
+        let next = SegmentInfo::new_active(self.shard, spare.seq, spare.file.clone(), now);
         if let Err(e) = self.catalog.rotate(&sealed, &next) {
             tracing::warn!(shard = self.shard, error = %e, "rotation postponed: catalog update failed");
             self.spare = Some(spare);
