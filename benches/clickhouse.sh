@@ -62,6 +62,10 @@ X
   /usr/sbin/clickhouse-server --config-file="$d/config.xml" >"$d/log" 2>&1 &
   pids+=($!)
 done
+# CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+chcpu() { python3 -c "print(f'{$(cpu "${pids[0]}") + $(cpu "${pids[1]}"):.2f}')"; }
+us_per() { python3 -c "print(f'{$1 * 1e6 / max($2, 1):.1f}')"; }
 q() { curl -sS --fail-with-body "http://127.0.0.1:${http[$1]}/" --data-binary "$2"; }
 for i in 0 1; do
   for _ in $(seq 300); do q "$i" "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -76,10 +80,17 @@ for round in $(seq "$rounds"); do
     --grpc-addr "$grpc" --http-addr "$ohttp" >"$run/out" 2>"$run/err" &
   opid=$!; pids+=("$opid")
   for _ in $(seq 200); do grep -q listening "$run/out" 2>/dev/null && break; sleep 0.05; done
-  "$bin" loadgen --target-grpc "$grpc" --target-http "$ohttp" --json --settle-ms 0 "${loadgen_args[@]}" \
+  ch0=$(chcpu); o0=$(cpu "$opid")
+  /usr/bin/time -f '%U %S' -o "$run/load.time" "$bin" loadgen --target-grpc "$grpc" --target-http "$ohttp" --json --settle-ms 0 "${loadgen_args[@]}" \
     >"$run/load.json" 2>"$run/load.err"
+  metrics=$(curl -sS "http://$ohttp/metrics" || true)
+  o1=$(cpu "$opid")
   kill -TERM "$opid"; wait "$opid" || true
   end=$(date +%s.%N)
+  ch1=$(chcpu)
+  load_cpu=$(awk '{ print $1 + $2 }' "$run/load.time")
+  commits=$(grep -o '^otelring_writer_rows_per_commit_count [0-9.e+]*' <<<"$metrics" | cut -d' ' -f2 || echo 0)
+  commit_rows=$(grep -o '^otelring_writer_rows_per_commit_sum [0-9.e+]*' <<<"$metrics" | cut -d' ' -f2 || echo 0)
   start=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["start_unix_ns"] / 1e9)' "$run/load.json")
   persisted=$(grep -o 'books traces [^ ]* [^ ]* persisted=[0-9]*' "$run/err" | grep -o '[0-9]*$' || echo 0)
   ours=$(python3 -c "print(f'{$persisted / ($end - $start):.0f}')")
@@ -99,6 +110,7 @@ for round in $(seq "$rounds"); do
   done
   insert=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' \
     "INSERT INTO otel.otel_traces_local ($cols) FORMAT RowBinary")
+  chb0=$(chcpu)
   t0=$(date +%s.%N)
   bp=()
   for i in 0 1; do
@@ -109,8 +121,12 @@ for round in $(seq "$rounds"); do
   done
   wait "${bp[@]}"
   t1=$(date +%s.%N)
+  chb1=$(chcpu)
   back=$(($(q 0 "SELECT count() FROM otel.otel_traces_local") + $(q 1 "SELECT count() FROM otel.otel_traces_local")))
   base=$(python3 -c "print(f'{$rows_total / ($t1 - $t0):.0f}')")
   echo "round $round: ours $ours spans/s (persisted $persisted); baseline $base spans/s ($back of $rows_total rows re-inserted in $batch-row batches); ratio $(python3 -c "print(f'{$ours / max($base, 1):.2f}')")"
+  # CPU per persisted span: otelring until SIGTERM (the drain's share is small), the load
+  # generator, both ClickHouse nodes (merges included) in each phase.
+  echo "round $round cpu: otelring $(us_per "$(python3 -c "print($o1 - $o0)")" "$persisted") us/span; loadgen $(us_per "$load_cpu" "$persisted") us/span (of what it sent); clickhouse ours $(us_per "$(python3 -c "print($ch1 - $ch0)")" "$persisted") us/span, baseline $(us_per "$(python3 -c "print($chb1 - $chb0)")" "$rows_total") us/span; commits $commits of $(python3 -c "print(f'{float($commit_rows or 0) / max(float($commits or 0), 1):.0f}')") rows on average"
   rm -rf "$run"
 done

@@ -323,6 +323,14 @@ pub const DEFAULT_CLICKHOUSE_DATABASE: &str = "otel";
 /// node counts as failing. Well under clients' 10 s export timeout is not needed (async mode
 /// answers at admission), but commit-mode clients wait on it: 10 s keeps them within theirs.
 pub const DEFAULT_CLICKHOUSE_INSERT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `OTELRING_CLICKHOUSE_INSERT_LINGER`: how long a writer waits for a full group
+/// (`INGEST_WRITER_MAX_ROWS` rows) of async-mode batches before it inserts a smaller one. Every
+/// INSERT makes a part on the node (a file per column, then merges): at most about one insert
+/// per second per shard at low load, full 20,000-row inserts under load, as ClickHouse asks of
+/// its clients. Commit-mode groups never linger (their clients wait).
+pub const DEFAULT_CLICKHOUSE_INSERT_LINGER: Duration = Duration::from_secs(1);
+/// Longest `OTELRING_CLICKHOUSE_INSERT_LINGER` accepted: commit-mode clients wait on it.
+pub const MAX_CLICKHOUSE_INSERT_LINGER: Duration = Duration::from_secs(60);
 
 /// The ClickHouse sink's settings (`OTELRING_CLICKHOUSE_*`, DESIGN 1.8).
 #[derive(Clone, PartialEq)]
@@ -340,6 +348,9 @@ pub struct ClickHouseConfig {
     pub password: Option<String>,
     /// `OTELRING_CLICKHOUSE_INSERT_TIMEOUT`.
     pub insert_timeout: Duration,
+    /// `OTELRING_CLICKHOUSE_INSERT_LINGER`: a writer's wait for a full group (0: insert what the
+    /// lanes hold, as the SQLite sink does).
+    pub insert_linger: Duration,
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
@@ -351,6 +362,7 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("insert_timeout", &self.insert_timeout)
+            .field("insert_linger", &self.insert_linger)
             .finish()
     }
 }
@@ -364,6 +376,7 @@ impl Default for ClickHouseConfig {
             user: None,
             password: None,
             insert_timeout: DEFAULT_CLICKHOUSE_INSERT_TIMEOUT,
+            insert_linger: DEFAULT_CLICKHOUSE_INSERT_LINGER,
         }
     }
 }
@@ -394,6 +407,12 @@ impl ClickHouseConfig {
         }
         if self.insert_timeout.is_zero() {
             return Err(ConfigError::new("OTELRING_CLICKHOUSE_INSERT_TIMEOUT", "must be above 0"));
+        }
+        if self.insert_linger > MAX_CLICKHOUSE_INSERT_LINGER {
+            return Err(ConfigError::new(
+                "OTELRING_CLICKHOUSE_INSERT_LINGER",
+                format!("at most {MAX_CLICKHOUSE_INSERT_LINGER:?} (commit-mode clients wait on it)"),
+            ));
         }
         Ok(())
     }
@@ -760,6 +779,28 @@ mod decode_config_tests {
     }
 
     #[test]
+    fn clickhouse_defaults_and_validation() {
+        let ok =
+            ClickHouseConfig { urls: vec!["http://127.0.0.1:8123".into()], ..ClickHouseConfig::default() };
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ok.database, "otel");
+        assert_eq!(ok.insert_timeout, Duration::from_secs(10));
+        assert_eq!(ok.insert_linger, Duration::from_secs(1));
+        assert_eq!(ClickHouseConfig { insert_linger: Duration::ZERO, ..ok.clone() }.validate(), Ok(()));
+        let bad = |f: fn(&mut ClickHouseConfig)| {
+            let mut c = ClickHouseConfig { urls: vec!["http://127.0.0.1:8123".into()], ..Default::default() };
+            f(&mut c);
+            c.validate().unwrap_err().name
+        };
+        assert_eq!(bad(|c| c.urls.clear()), "OTELRING_CLICKHOUSE_URLS");
+        assert_eq!(bad(|c| c.urls = vec!["127.0.0.1:8123".into()]), "OTELRING_CLICKHOUSE_URLS");
+        assert_eq!(bad(|c| c.database = "a-b".into()), "OTELRING_CLICKHOUSE_DATABASE");
+        assert_eq!(bad(|c| c.cluster = Some("x y".into())), "OTELRING_CLICKHOUSE_CLUSTER");
+        assert_eq!(bad(|c| c.insert_timeout = Duration::ZERO), "OTELRING_CLICKHOUSE_INSERT_TIMEOUT");
+        assert_eq!(bad(|c| c.insert_linger = Duration::from_secs(61)), "OTELRING_CLICKHOUSE_INSERT_LINGER");
+    }
+
+    #[test]
     fn severities_and_service_lists_parse() {
         assert_eq!(parse_severity("warn"), Ok(13));
         assert_eq!(parse_severity("ERROR"), Ok(17));
@@ -1097,6 +1138,10 @@ mod cli {
         /// Longest wait for one INSERT (e.g. 10s) before the node counts as failing.
         #[arg(long, env = "OTELRING_CLICKHOUSE_INSERT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
         pub clickhouse_insert_timeout: Duration,
+        /// How long a writer waits for a full group (INGEST_WRITER_MAX_ROWS rows) before it
+        /// inserts a smaller one (e.g. 1s; 0 inserts whatever is queued).
+        #[arg(long, env = "OTELRING_CLICKHOUSE_INSERT_LINGER", default_value = "1s", value_parser = parse_duration)]
+        pub clickhouse_insert_linger: Duration,
     }
 
     impl SinkArgs {
@@ -1133,6 +1178,7 @@ mod cli {
                 user: self.clickhouse_user.clone().filter(|u| !u.is_empty()),
                 password,
                 insert_timeout: self.clickhouse_insert_timeout,
+                insert_linger: self.clickhouse_insert_linger,
             };
             cfg.validate()?;
             Ok(Some(cfg))

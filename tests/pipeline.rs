@@ -161,6 +161,82 @@ fn fk_order_and_coalescing_into_one_group() {
     assert_eq!(ranks.iter().filter(|&&r| r == 3).count(), 3);
 }
 
+/// Submits three one-trace requests 100 ms apart on a started single-shard pipeline whose sink
+/// lingers `linger`, and returns the batches per group once all three are written.
+fn groups_of_spread_requests(linger: Duration) -> (Vec<usize>, usize) {
+    let (p, shared) = unstarted(small_config(1, 64, 1 << 30));
+    *shared.linger.lock().unwrap() = linger;
+    start(&p, &shared);
+    for i in 0..3 {
+        p.submit(traces_request(i * 10, 1, 2, &[]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let written_before_linger = shared.groups.load(Ordering::SeqCst);
+    assert!(eventually(10 * SECOND, || shared.spans().len() == 6), "not all spans written");
+    p.stop();
+    assert_balanced(&p);
+    (shared.group_sizes.lock().unwrap().clone(), written_before_linger)
+}
+
+#[test]
+fn a_lingering_sink_gets_requests_spread_over_time_as_one_group() {
+    // Without a linger (the SQLite sink) every request is written as soon as it is popped.
+    let (sizes, _) = groups_of_spread_requests(Duration::ZERO);
+    assert_eq!(sizes, vec![1, 1, 1]);
+    // With one (the ClickHouse sink's OTELRING_CLICKHOUSE_INSERT_LINGER) the writer waits on
+    // the empty lanes for more until the linger has passed since the group's first row.
+    let (sizes, early) = groups_of_spread_requests(Duration::from_secs(2));
+    assert_eq!(early, 0, "a group was written before its linger had passed");
+    assert_eq!(sizes, vec![3], "three requests within the linger, one group");
+}
+
+#[test]
+fn a_full_group_is_written_without_waiting_for_the_linger() {
+    let mut cfg = small_config(1, 64, 1 << 30);
+    cfg.writer_max_rows = 8;
+    let (p, shared) = unstarted(cfg);
+    *shared.linger.lock().unwrap() = Duration::from_secs(60);
+    start(&p, &shared);
+    // 1 trace row + 8 spans: past writer_max_rows.
+    p.submit(traces_request(0, 1, 8, &[]));
+    assert!(eventually(5 * SECOND, || shared.spans().len() == 8), "a full group waited for the linger");
+    p.stop();
+    assert_balanced(&p);
+}
+
+#[test]
+fn a_commit_mode_group_does_not_linger() {
+    let cfg = PipelineConfig { commit_mode: true, ..small_config(1, 64, 1 << 30) };
+    let (p, shared) = unstarted(cfg);
+    *shared.linger.lock().unwrap() = Duration::from_secs(60);
+    start(&p, &shared);
+    let t = std::time::Instant::now();
+    for i in 0..5 {
+        let s = p.submit(traces_request(i * 10, 1, 2, &[]));
+        assert_eq!(s.commit.expect("commit mode gives a waiter").wait(), Ok(()));
+    }
+    assert!(t.elapsed() < 10 * SECOND, "commit-mode clients waited {:?} on the linger", t.elapsed());
+    assert_eq!(shared.spans().len(), 10);
+    p.stop();
+    assert_balanced(&p);
+}
+
+#[test]
+fn stop_ends_a_linger_at_once() {
+    let (p, shared) = unstarted(small_config(1, 64, 1 << 30));
+    *shared.linger.lock().unwrap() = Duration::from_secs(60);
+    start(&p, &shared);
+    p.submit(traces_request(0, 1, 2, &[]));
+    assert!(eventually(5 * SECOND, || p.queue_depth(Signal::Traces) == 0), "never popped");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(shared.groups.load(Ordering::SeqCst), 0, "written before the linger passed");
+    let t = std::time::Instant::now();
+    p.stop();
+    assert!(t.elapsed() < 5 * SECOND, "stop waited {:?} for a lingering writer", t.elapsed());
+    assert_eq!(shared.spans().len(), 2);
+    assert_balanced(&p);
+}
+
 #[test]
 fn a_failed_write_goes_to_the_sink_and_later_batches_continue() {
     let (p, shared) = started(small_config(1, 64, 1 << 30));

@@ -183,6 +183,8 @@ pub struct MemShared {
     pub held_cv: Condvar,
     /// Writers currently blocked in `write`.
     pub blocked: AtomicUsize,
+    /// What the writers answer to `BatchWriter::linger` (zero by default, as the SQLite sink).
+    pub linger: Mutex<std::time::Duration>,
 }
 
 impl MemShared {
@@ -253,6 +255,10 @@ impl BatchWriter for MemWriter {
         self.shared.group_sizes.lock().unwrap().push(group.len());
         self.shared.groups.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn linger(&self) -> std::time::Duration {
+        *self.shared.linger.lock().unwrap()
     }
 
     fn spill(&mut self, batches: &[Batch], _cause: &WriteError) -> Result<(), WriteError> {

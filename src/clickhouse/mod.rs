@@ -169,6 +169,7 @@ impl ClickHouseSink {
                 node(url)?,
                 target.clone(),
                 node_ready,
+                cfg.insert_linger,
                 q,
                 stats.clone(),
                 g,

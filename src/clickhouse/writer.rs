@@ -6,6 +6,8 @@
 //!   its requests are answered UNAVAILABLE (commit mode) anyway. The replay or the client's
 //!   retry inserts those rows again; the tables' ReplacingMergeTree identity keys make the
 //!   duplicates invisible to `FINAL` queries (see [`super::schema`]).
+//! - `linger`: `OTELRING_CLICKHOUSE_INSERT_LINGER`; the pipeline waits that long for a full
+//!   group before it hands over a smaller one, because each INSERT makes a part on the node.
 //! - `spill`: the shard's DLQ ([`ShardDlq`], the same files as the SQLite sink).
 //! - `maintain`: replays the oldest DLQ file with backoff (bisecting a file that fails for a
 //!   permanent reason down to its poison units, which go to `poison/` and count lost), creates the
@@ -105,6 +107,8 @@ pub struct ClickHouseWriter {
     gauges: Arc<ShardGauges>,
     dlq: ShardDlq,
     schema_ready: bool,
+    /// `OTELRING_CLICKHOUSE_INSERT_LINGER`, handed to the pipeline by [`BatchWriter::linger`].
+    linger: Duration,
     next_replay: Instant,
     replay_backoff: Duration,
     next_probe: Instant,
@@ -127,6 +131,7 @@ impl ClickHouseWriter {
         node: Node,
         target: Target,
         schema_ready: bool,
+        linger: Duration,
         dlq: ShardDlq,
         stats: Arc<Stats>,
         gauges: Arc<ShardGauges>,
@@ -140,6 +145,7 @@ impl ClickHouseWriter {
             gauges,
             dlq,
             schema_ready,
+            linger,
             next_replay: now,
             replay_backoff: REPLAY_MIN_BACKOFF,
             next_probe: now,
@@ -446,6 +452,10 @@ impl BatchWriter for ClickHouseWriter {
 
     fn maintain(&mut self) -> Option<Duration> {
         self.tick()
+    }
+
+    fn linger(&self) -> Duration {
+        self.linger
     }
 }
 

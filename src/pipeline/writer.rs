@@ -185,6 +185,17 @@ pub trait BatchWriter: Send {
     fn maintain(&mut self) -> Option<Duration> {
         None
     }
+
+    /// How long, after its first row, a group may wait on empty lanes for more rows before it is
+    /// written while it holds fewer than `INGEST_WRITER_MAX_ROWS`. For a sink whose every write
+    /// has a fixed cost on the far side (a ClickHouse insert makes a part: files, then merges),
+    /// fewer larger writes. Zero (the default, the SQLite store): a group is written as soon as
+    /// the lanes are empty. Never waited for once stop has begun, nor for a group holding a
+    /// commit-mode batch: its client is waiting, and group commit (what arrives during the
+    /// previous write) batches a loaded commit mode without adding latency.
+    fn linger(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -261,17 +272,24 @@ impl Writer {
         }
     }
 
-    /// Pops batches round-robin over the shard's lanes until they are empty, the group holds
-    /// `writer_max_rows` rows, or `writer_max_delay` has passed since the first pop.
+    /// Pops batches round-robin over the shard's lanes until the group holds `writer_max_rows`
+    /// rows, or `writer_max_delay` (or the sink's longer [`BatchWriter::linger`]) has passed since
+    /// the first pop, or the lanes are empty and the sink's linger has passed too (at once for a
+    /// sink without one, or when a client waits on a batch of the group). While it lingers the
+    /// writer sleeps on its lanes' wake-up: a push, stop or the drain deadline wakes it.
     fn collect(&self) -> Group {
         let cfg = self.core.config();
+        let linger = self.sink.linger();
+        let max_delay = cfg.writer_max_delay.max(linger);
         let mut group = Group::new();
         let mut started: Option<Instant> = None;
+        let mut client_waits = false;
         'outer: loop {
             let mut any = false;
             for s in Signal::ALL {
                 if let Some(b) = self.core.pop(self.shard, s) {
                     started.get_or_insert_with(Instant::now);
+                    client_waits |= b.completion.is_some();
                     group.push(b);
                     any = true;
                     if group.rows() >= cfg.writer_max_rows {
@@ -279,9 +297,21 @@ impl Writer {
                     }
                 }
             }
-            if !any || started.is_some_and(|t| t.elapsed() >= cfg.writer_max_delay) {
+            let Some(first) = started else { break };
+            if any {
+                if first.elapsed() >= max_delay {
+                    break;
+                }
+                continue;
+            }
+            // The lanes are empty: linger for a fuller group, unless stopping or a client waits.
+            let left = linger.saturating_sub(first.elapsed());
+            if left.is_zero() || client_waits || self.core.is_stopping() || self.core.spill_now() {
                 break;
             }
+            let lanes = self.core.lanes(self.shard);
+            let core = &self.core;
+            lanes.wake.wait(|| lanes.has_batches() || core.is_stopping() || core.spill_now(), Some(left));
         }
         group
     }
