@@ -6,9 +6,16 @@
 #             `otelring loadgen`; persisted spans/s from the first request to the server's exit
 #             after SIGTERM (drain included), as benches/e2e.sh times it.
 #   baseline: the very rows ours stored, exported from each node's local table in batches of
-#             INGEST_WRITER_MAX_ROWS (20,000, otelring's coalescing limit) as RowBinary files,
-#             the table truncated, then the files POSTed straight back (plain RowBinary over HTTP,
-#             one sequential stream per node, as otelring's one writer per node): no otelring.
+#             INGEST_WRITER_MAX_ROWS (20,000, otelring's coalescing limit) in the order otelring
+#             received them (IngestedAtNs: each batch spans the whole random key range, as ours
+#             did), as RowBinary files, the table truncated, then the files POSTed straight back
+#             (plain RowBinary over HTTP, one sequential stream per otelring writer): no otelring.
+#   cpu:      CPU seconds per span of otelring (until SIGTERM), of the load generator, and of the
+#             ClickHouse nodes in each phase, counted until their merges have settled
+#             (system.merges empty), so both phases pay for the merges they cause.
+#
+#   CH_NODES=1|2 (default 2): with 1, both writers (and both baseline streams) go to one node.
+#   OTELRING_PERF=FILE: `perf record -g` of the otelring server while the load runs, into FILE.
 #
 #   benches/clickhouse.sh [rounds] [loadgen args...]
 #   e.g. benches/clickhouse.sh 3 --requests 800 --items 1000 --concurrency 8      (a measurement)
@@ -70,7 +77,19 @@ q() { curl -sS --fail-with-body "http://127.0.0.1:${http[$1]}/" --data-binary "$
 for i in 0 1; do
   for _ in $(seq 300); do q "$i" "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
 done
-urls="http://127.0.0.1:${http[0]},http://127.0.0.1:${http[1]}"
+nodes=${CH_NODES:-2}
+case "$nodes" in
+  1) urls="http://127.0.0.1:${http[0]}" ;;
+  2) urls="http://127.0.0.1:${http[0]},http://127.0.0.1:${http[1]}" ;;
+  *) echo "CH_NODES must be 1 or 2" >&2; exit 2 ;;
+esac
+# Waits (up to 300 s) until neither node runs a merge.
+settle() {
+  for _ in $(seq 600); do
+    [ "$(q 0 "SELECT count() FROM system.merges")$(q 1 "SELECT count() FROM system.merges")" = 00 ] && return
+    sleep 0.5
+  done
+}
 
 for round in $(seq "$rounds"); do
   for i in 0 1; do q "$i" "DROP DATABASE IF EXISTS otel" >/dev/null; done
@@ -80,14 +99,20 @@ for round in $(seq "$rounds"); do
     --grpc-addr "$grpc" --http-addr "$ohttp" >"$run/out" 2>"$run/err" &
   opid=$!; pids+=("$opid")
   for _ in $(seq 200); do grep -q listening "$run/out" 2>/dev/null && break; sleep 0.05; done
-  ch0=$(chcpu); o0=$(cpu "$opid")
+  settle; ch0=$(chcpu); o0=$(cpu "$opid")
+  perf_pid=
+  if [ -n "${OTELRING_PERF:-}" ]; then
+    perf record ${OTELRING_PERF_ARGS:--g -F 999} -p "$opid" -o "$OTELRING_PERF" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   /usr/bin/time -f '%U %S' -o "$run/load.time" "$bin" loadgen --target-grpc "$grpc" --target-http "$ohttp" --json --settle-ms 0 "${loadgen_args[@]}" \
     >"$run/load.json" 2>"$run/load.err"
   metrics=$(curl -sS "http://$ohttp/metrics" || true)
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   o1=$(cpu "$opid")
   kill -TERM "$opid"; wait "$opid" || true
   end=$(date +%s.%N)
-  ch1=$(chcpu)
+  settle; ch1=$(chcpu)
   load_cpu=$(awk '{ print $1 + $2 }' "$run/load.time")
   commits=$(grep -o '^otelring_writer_rows_per_commit_count [0-9.e+]*' <<<"$metrics" | cut -d' ' -f2 || echo 0)
   commit_rows=$(grep -o '^otelring_writer_rows_per_commit_sum [0-9.e+]*' <<<"$metrics" | cut -d' ' -f2 || echo 0)
@@ -102,31 +127,39 @@ for round in $(seq "$rounds"); do
     n=$(q "$i" "SELECT count() FROM otel.otel_traces_local")
     rows_total=$((rows_total + n))
     mkdir -p "$run/batches$i"
-    for ((off = 0; off < n; off += batch)); do
-      q "$i" "SELECT $cols FROM otel.otel_traces_local ORDER BY TenantId, TraceId, SpanId LIMIT $off, $batch FORMAT RowBinary" \
-        >"$run/batches$i/$(printf %08d "$off").bin"
+    for ((off = 0, k = 0; off < n; off += batch, k++)); do
+      # With one node, alternate batches between two streams (one per otelring writer).
+      s=$i; [ "$nodes" = 1 ] && s=$((k % 2))
+      mkdir -p "$run/stream$s"
+      q "$i" "SELECT $cols FROM otel.otel_traces_local ORDER BY IngestedAtNs, TraceId, SpanId LIMIT $off, $batch FORMAT RowBinary" \
+        >"$run/stream$s/$i-$(printf %08d "$off").bin"
     done
     q "$i" "TRUNCATE TABLE otel.otel_traces_local" >/dev/null
   done
+  settle
   insert=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' \
     "INSERT INTO otel.otel_traces_local ($cols) FORMAT RowBinary")
   chb0=$(chcpu)
   t0=$(date +%s.%N)
   bp=()
-  for i in 0 1; do
-    (for f in "$run/batches$i"/*.bin; do
+  for s in 0 1; do
+    [ -d "$run/stream$s" ] || continue
+    (for f in "$run/stream$s"/*.bin; do
+       i=$(basename "$f" | cut -d- -f1)
        curl -sS --fail-with-body "http://127.0.0.1:${http[$i]}/?query=$insert" --data-binary "@$f" >/dev/null
      done) &
     bp+=($!)
   done
   wait "${bp[@]}"
   t1=$(date +%s.%N)
-  chb1=$(chcpu)
+  settle; chb1=$(chcpu)
   back=$(($(q 0 "SELECT count() FROM otel.otel_traces_local") + $(q 1 "SELECT count() FROM otel.otel_traces_local")))
   base=$(python3 -c "print(f'{$rows_total / ($t1 - $t0):.0f}')")
-  echo "round $round: ours $ours spans/s (persisted $persisted); baseline $base spans/s ($back of $rows_total rows re-inserted in $batch-row batches); ratio $(python3 -c "print(f'{$ours / max($base, 1):.2f}')")"
-  # CPU per persisted span: otelring until SIGTERM (the drain's share is small), the load
-  # generator, both ClickHouse nodes (merges included) in each phase.
-  echo "round $round cpu: otelring $(us_per "$(python3 -c "print($o1 - $o0)")" "$persisted") us/span; loadgen $(us_per "$load_cpu" "$persisted") us/span (of what it sent); clickhouse ours $(us_per "$(python3 -c "print($ch1 - $ch0)")" "$persisted") us/span, baseline $(us_per "$(python3 -c "print($chb1 - $chb0)")" "$rows_total") us/span; commits $commits of $(python3 -c "print(f'{float($commit_rows or 0) / max(float($commits or 0), 1):.0f}')") rows on average"
+  sent=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["by_signal"]["traces"]["sent_items"])' "$run/load.json")
+  echo "round $round: ours $ours spans/s (persisted $persisted of $sent sent); baseline $base spans/s ($back of $rows_total rows re-inserted in $batch-row batches); ratio $(python3 -c "print(f'{$ours / max($base, 1):.2f}')")"
+  # CPU per span: otelring until SIGTERM (the drain's share is small) per persisted and per
+  # received span (shed spans are decoded too), the load generator per span it sent, both
+  # ClickHouse nodes per stored row in each phase (merges until settled included).
+  echo "round $round cpu: otelring $(us_per "$(python3 -c "print($o1 - $o0)")" "$persisted") us/persisted span, $(us_per "$(python3 -c "print($o1 - $o0)")" "$sent") us/sent span; loadgen $(us_per "$load_cpu" "$sent") us/sent span; clickhouse ours $(us_per "$(python3 -c "print($ch1 - $ch0)")" "$persisted") us/span, baseline $(us_per "$(python3 -c "print($chb1 - $chb0)")" "$rows_total") us/span; commits $commits of $(python3 -c "print(f'{float($commit_rows or 0) / max(float($commits or 0), 1):.0f}')") rows on average"
   rm -rf "$run"
 done

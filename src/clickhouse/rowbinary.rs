@@ -5,10 +5,17 @@
 //! little-endian, `String` as a LEB128 length and the bytes, `DateTime` as a `UInt32` of unix
 //! seconds, `Array(T)` as a LEB128 count and the elements, `Nullable(T)` as one byte (1 = NULL)
 //! followed by the value when it is not NULL. A `Nested` column is its flattened arrays.
+//!
+//! Cost (it runs on the writer threads, once per stored row): attribute JSON is read by a
+//! streaming visitor straight into reusable buffers (no map, no per-key `String`); a resource's
+//! arrays are encoded once per distinct resource and copied after; each table's body is sized
+//! from the bytes per row of the previous group, so it is not regrown row by row.
 
 use super::schema::{self, Table};
 use crate::pipeline::batch::{Batch, LogRow, MetricKind, MetricPointRow, NumberValue, Rows, SpanRow};
 use crate::pipeline::route::Fnv1a;
+use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// One table's rows, encoded.
@@ -19,11 +26,84 @@ pub struct Body {
     pub bytes: Vec<u8>,
 }
 
-/// Every non-empty table body of `batches`, in [`schema::TABLES`] order.
+/// Every non-empty table body of `batches`, in [`schema::TABLES`] order (a one-off
+/// [`Encoder`]).
 pub fn encode(batches: &[Batch]) -> Vec<Body> {
-    let mut bodies: Vec<Body> =
-        schema::TABLES.iter().map(|&table| Body { table, rows: 0, bytes: Vec::new() }).collect();
-    let mut attrs = AttrCache::default();
+    Encoder::default().encode(batches)
+}
+
+/// Bytes per row assumed for a table before any group was encoded.
+const FIRST_ROW_BYTES: usize = 512;
+
+/// A writer's encoder: keeps its buffers and each table's bytes per row between groups.
+#[derive(Debug)]
+pub struct Encoder {
+    /// Bytes per row of each table's last body, for sizing the next.
+    row_bytes: [usize; schema::TABLES.len()],
+    attrs: AttrScratch,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self { row_bytes: [FIRST_ROW_BYTES; schema::TABLES.len()], attrs: AttrScratch::default() }
+    }
+}
+
+impl Encoder {
+    /// Every non-empty table body of `batches`, in [`schema::TABLES`] order.
+    pub fn encode(&mut self, batches: &[Batch]) -> Vec<Body> {
+        let mut rows = [0usize; schema::TABLES.len()];
+        for b in batches {
+            match &b.rows {
+                Rows::Traces(groups) => {
+                    for g in groups {
+                        rows[0] += g.spans.len();
+                        rows[1] += g.logs.len();
+                    }
+                }
+                Rows::Logs(records) => rows[1] += records.len(),
+                Rows::Metrics(points) => {
+                    for m in points {
+                        rows[table_of(m.kind)] += 1;
+                    }
+                }
+            }
+        }
+        let mut bodies: Vec<Body> = schema::TABLES
+            .iter()
+            .zip(rows)
+            .zip(self.row_bytes)
+            .map(|((&table, n), per_row)| Body {
+                table,
+                rows: 0,
+                // 1/8 over the last group's size: a little growth costs no second copy.
+                bytes: Vec::with_capacity(n.saturating_mul(per_row + per_row / 8)),
+            })
+            .collect();
+        encode_into(&mut bodies, batches, &mut self.attrs);
+        for (body, per_row) in bodies.iter().zip(self.row_bytes.iter_mut()) {
+            if let Some(n) = body.bytes.len().checked_div(body.rows) {
+                *per_row = n;
+            }
+        }
+        bodies.retain(|b| b.rows > 0);
+        bodies
+    }
+}
+
+/// The index in [`schema::TABLES`] of a metric kind's table.
+fn table_of(kind: MetricKind) -> usize {
+    match kind {
+        MetricKind::Gauge => 2,
+        MetricKind::Sum => 3,
+        MetricKind::Histogram => 4,
+        MetricKind::ExponentialHistogram => 5,
+        MetricKind::Summary => 6,
+    }
+}
+
+fn encode_into(bodies: &mut [Body], batches: &[Batch], scratch: &mut AttrScratch) {
+    let mut attrs = AttrCache { last: None, scratch };
     for b in batches {
         let at = b.received.unix_nano;
         match &b.rows {
@@ -53,14 +133,7 @@ pub fn encode(batches: &[Batch]) -> Vec<Body> {
             }
             Rows::Metrics(points) => {
                 for m in points {
-                    let i = match m.kind {
-                        MetricKind::Gauge => 2,
-                        MetricKind::Sum => 3,
-                        MetricKind::Histogram => 4,
-                        MetricKind::ExponentialHistogram => 5,
-                        MetricKind::Summary => 6,
-                    };
-                    if let Some(body) = bodies.get_mut(i) {
+                    if let Some(body) = bodies.get_mut(table_of(m.kind)) {
                         point(&mut body.bytes, m, at, &mut attrs);
                         body.rows += 1;
                     }
@@ -68,8 +141,6 @@ pub fn encode(batches: &[Batch]) -> Vec<Body> {
             }
         }
     }
-    bodies.retain(|b| b.rows > 0);
-    bodies
 }
 
 fn leb128(out: &mut Vec<u8>, mut v: u64) {
@@ -132,74 +203,193 @@ fn hex16(id: Option<&crate::pipeline::batch::SpanId>, out: &mut Vec<u8>) {
     string(out, id.map_or("", |s| s.hex(&mut buf)));
 }
 
-/// One attribute map as the three `Nested` arrays (keys, values as text, values as numbers),
-/// already encoded.
+/// Reusable buffers for one attribute map's three `Nested` arrays (keys, values as text, values
+/// as numbers) while it is read.
 #[derive(Debug, Default)]
-struct Encoded(Vec<u8>);
+struct AttrScratch {
+    n: u64,
+    keys: Vec<u8>,
+    texts: Vec<u8>,
+    nums: Vec<u8>,
+    /// A number's text while it is formatted.
+    number: String,
+}
 
-/// Parses typed attribute JSON (DESIGN 1.4) into the three arrays. Text that is not a JSON
-/// object (never produced by the decoder) becomes one `""` key holding the text, so nothing is
-/// dropped silently.
-fn encode_attrs(json: &str) -> Encoded {
-    let mut keys: Vec<&str> = Vec::new();
-    let mut texts: Vec<String> = Vec::new();
-    let mut nums: Vec<f64> = Vec::new();
-    let parsed: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(json).ok();
-    let mut out = Vec::new();
-    match &parsed {
-        Some(map) => {
-            for (k, v) in map {
-                keys.push(k);
-                let (text, num) = match v {
-                    serde_json::Value::String(s) => (s.clone(), f64::NAN),
-                    serde_json::Value::Number(n) => (n.to_string(), n.as_f64().unwrap_or(f64::NAN)),
-                    serde_json::Value::Bool(b) => (b.to_string(), f64::NAN),
-                    serde_json::Value::Null => (String::new(), f64::NAN),
-                    other => (other.to_string(), f64::NAN),
-                };
-                texts.push(text);
-                nums.push(num);
-            }
-        }
-        None if json.is_empty() => {}
-        None => {
-            keys.push("");
-            texts.push(json.to_owned());
-            nums.push(f64::NAN);
+impl AttrScratch {
+    fn clear(&mut self) {
+        self.n = 0;
+        self.keys.clear();
+        self.texts.clear();
+        self.nums.clear();
+    }
+}
+
+/// Appends typed attribute JSON (DESIGN 1.4) as the three arrays: keys in the object's order,
+/// each value's text (a string as itself, a number or bool as its JSON text, null as `""`, an
+/// array or object as its compact JSON) and its number (NaN unless the value is a number). Text
+/// that is not a JSON object (never produced by the decoder) becomes one `""` key holding the
+/// text, so nothing is dropped silently.
+fn encode_attrs(out: &mut Vec<u8>, json: &str, sc: &mut AttrScratch) {
+    sc.clear();
+    if !json.is_empty() {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let read = de.deserialize_map(ObjectVisitor(sc)).and_then(|()| de.end());
+        if read.is_err() {
+            sc.clear();
+            string(&mut sc.keys, "");
+            string(&mut sc.texts, json);
+            f64_(&mut sc.nums, f64::NAN);
+            sc.n = 1;
         }
     }
-    leb128(&mut out, keys.len() as u64);
-    for k in &keys {
-        string(&mut out, k);
+    for part in [&sc.keys, &sc.texts, &sc.nums] {
+        leb128(out, sc.n);
+        out.extend_from_slice(part);
     }
-    leb128(&mut out, texts.len() as u64);
-    for t in &texts {
-        string(&mut out, t);
+}
+
+/// Reads one attribute object into an [`AttrScratch`].
+struct ObjectVisitor<'s>(&'s mut AttrScratch);
+
+impl<'de> Visitor<'de> for ObjectVisitor<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an attribute object")
     }
-    leb128(&mut out, nums.len() as u64);
-    for n in &nums {
-        f64_(&mut out, *n);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let sc = self.0;
+        while map.next_key_seed(KeySeed(&mut sc.keys))?.is_some() {
+            map.next_value_seed(ValueSeed {
+                texts: &mut sc.texts,
+                nums: &mut sc.nums,
+                number: &mut sc.number,
+            })?;
+            sc.n += 1;
+        }
+        Ok(())
     }
-    Encoded(out)
+}
+
+/// Appends a key (a RowBinary string) to the keys array.
+struct KeySeed<'s>(&'s mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        string(self.0, v);
+        Ok(())
+    }
+}
+
+/// Appends a value's text and number to their arrays.
+struct ValueSeed<'s> {
+    texts: &'s mut Vec<u8>,
+    nums: &'s mut Vec<u8>,
+    number: &'s mut String,
+}
+
+impl ValueSeed<'_> {
+    fn put(self, text: &str, num: f64) {
+        string(self.texts, text);
+        f64_(self.nums, num);
+    }
+    fn put_number(self, v: impl std::fmt::Display, num: f64) {
+        self.number.clear();
+        let _ = write!(self.number, "{v}");
+        string(self.texts, self.number);
+        f64_(self.nums, num);
+    }
+    fn put_json(self, v: &serde_json::Value) {
+        self.number.clear();
+        let _ = write!(self.number, "{v}");
+        string(self.texts, self.number);
+        f64_(self.nums, f64::NAN);
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an attribute value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.put(v, f64::NAN);
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.put(if v { "true" } else { "false" }, f64::NAN);
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.put("", f64::NAN);
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.put_number(v, v as f64);
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.put_number(v, v as f64);
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        // serde_json's text for the number, as a `Value` would print it.
+        match serde_json::Number::from_f64(v) {
+            Some(n) => self.put_number(n, v),
+            None => self.put("", f64::NAN),
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        let v: serde_json::Value = de::Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        self.put_json(&v);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let v: serde_json::Value = de::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        self.put_json(&v);
+        Ok(())
+    }
 }
 
 /// Resource attributes are one `Arc<str>` shared by every row of a resource: encoded once per
 /// distinct pointer (the last one seen), not once per row.
-#[derive(Default)]
-struct AttrCache {
-    last: Option<(Arc<str>, Encoded)>,
+struct AttrCache<'s> {
+    last: Option<(Arc<str>, Vec<u8>)>,
+    scratch: &'s mut AttrScratch,
 }
 
-impl AttrCache {
+impl AttrCache<'_> {
     fn resource(&mut self, out: &mut Vec<u8>, res: &Arc<str>) {
         match &self.last {
-            Some((k, e)) if Arc::ptr_eq(k, res) => out.extend_from_slice(&e.0),
+            Some((k, e)) if Arc::ptr_eq(k, res) => out.extend_from_slice(e),
             _ => {
-                let e = encode_attrs(res);
-                out.extend_from_slice(&e.0);
+                let mut e = Vec::new();
+                encode_attrs(&mut e, res, self.scratch);
+                out.extend_from_slice(&e);
                 self.last = Some((res.clone(), e));
             }
         }
+    }
+    fn attrs(&mut self, out: &mut Vec<u8>, json: &str) {
+        encode_attrs(out, json, self.scratch);
     }
 }
 
@@ -221,7 +411,7 @@ fn span(out: &mut Vec<u8>, s: &SpanRow, ingested_at: i64, cache: &mut AttrCache)
     u64_(out, ns(s.end_time_unix_nano));
     u64_(out, ns(ingested_at));
     cache.resource(out, &s.resource_attributes);
-    out.extend_from_slice(&encode_attrs(&s.attributes).0);
+    cache.attrs(out, &s.attributes);
 }
 
 /// The identity hash of a log record: every column but the ingest time.
@@ -271,7 +461,7 @@ fn log(out: &mut Vec<u8>, l: &LogRow, ingested_at: i64, cache: &mut AttrCache) {
     u64_(out, ns(ingested_at));
     u8_(out, u8::from(l.body.is_some()));
     cache.resource(out, &l.resource_attributes);
-    out.extend_from_slice(&encode_attrs(&l.attributes).0);
+    cache.attrs(out, &l.attributes);
 }
 
 /// The identity hash of a metric point: every column but the ingest time.
@@ -372,7 +562,7 @@ fn point(out: &mut Vec<u8>, m: &MetricPointRow, ingested_at: i64, cache: &mut At
     u64_(out, ns(ingested_at));
     string(out, m.temporality.map_or("", |t| t.as_str()));
     cache.resource(out, &m.resource_attributes);
-    out.extend_from_slice(&encode_attrs(&m.attributes).0);
+    cache.attrs(out, &m.attributes);
     let value = |out: &mut Vec<u8>| match m.value {
         Some(NumberValue::Int(i)) => {
             f64_(out, i as f64);
@@ -444,26 +634,131 @@ mod tests {
         assert_eq!(v, vec![0x00, 0x7f, 0x80, 0x01, 0xac, 0x02]);
     }
 
-    #[test]
-    fn attributes_keep_numbers_as_numbers() {
-        let e = encode_attrs(r#"{"a":"x","n":200,"f":1.5,"b":true,"l":[1,"y"]}"#);
+    fn attrs_of(json: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_attrs(&mut out, json, &mut AttrScratch::default());
+        out
+    }
+
+    fn arrays(entries: &[(&str, &str, f64)]) -> Vec<u8> {
         let mut want = Vec::new();
-        // serde_json's map without preserve_order iterates in key order: a, b, f, l, n.
-        leb128(&mut want, 5);
-        for k in ["a", "b", "f", "l", "n"] {
+        leb128(&mut want, entries.len() as u64);
+        for (k, _, _) in entries {
             string(&mut want, k);
         }
-        leb128(&mut want, 5);
-        for t in ["x", "true", "1.5", r#"[1,"y"]"#, "200"] {
+        leb128(&mut want, entries.len() as u64);
+        for (_, t, _) in entries {
             string(&mut want, t);
         }
-        leb128(&mut want, 5);
-        for (i, n) in [f64::NAN, f64::NAN, 1.5, f64::NAN, 200.0].into_iter().enumerate() {
-            let _ = i;
-            f64_(&mut want, n);
+        leb128(&mut want, entries.len() as u64);
+        for (_, _, n) in entries {
+            f64_(&mut want, *n);
         }
-        // NaN bit patterns are equal here (the same constant is written).
-        assert_eq!(e.0, want);
+        want
+    }
+
+    #[test]
+    fn attributes_keep_numbers_as_numbers() {
+        let nan = f64::NAN;
+        // Keys in the object's order; NaN bit patterns are equal here (one constant is written).
+        assert_eq!(
+            attrs_of(r#"{"a":"x","n":200,"f":1.5,"b":true,"l":[1,"y"],"o":{"k":[]},"z":null,"i":-3}"#),
+            arrays(&[
+                ("a", "x", nan),
+                ("n", "200", 200.0),
+                ("f", "1.5", 1.5),
+                ("b", "true", nan),
+                ("l", r#"[1,"y"]"#, nan),
+                ("o", r#"{"k":[]}"#, nan),
+                ("z", "", nan),
+                ("i", "-3", -3.0),
+            ])
+        );
+        // Escapes are decoded in keys and values.
+        assert_eq!(attrs_of(r#"{"k\"\u00e9":"a\nb"}"#), arrays(&[("k\"é", "a\nb", nan)]));
+        assert_eq!(attrs_of("{}"), arrays(&[]));
+        assert_eq!(attrs_of(""), arrays(&[]));
+    }
+
+    #[test]
+    fn text_that_is_not_an_attribute_object_is_kept_whole_under_an_empty_key() {
+        let nan = f64::NAN;
+        for text in ["[1,2]", "\"x\"", "{\"a\":1", "{\"a\":1} trailing", "not json"] {
+            assert_eq!(attrs_of(text), arrays(&[("", text, nan)]), "{text}");
+        }
+        // A reused scratch holds nothing of a failed or earlier read.
+        let mut sc = AttrScratch::default();
+        let mut out = Vec::new();
+        encode_attrs(&mut out, "{\"a\":1,", &mut sc);
+        out.clear();
+        encode_attrs(&mut out, r#"{"b":2}"#, &mut sc);
+        assert_eq!(out, arrays(&[("b", "2", 2.0)]));
+    }
+
+    fn span_group(trace: u8, spans: u8, resource: &Arc<str>) -> crate::pipeline::batch::TraceGroup {
+        use crate::pipeline::batch::{SpanId, SpanKind, StatusCode, TraceGroup, TraceId, TraceRow};
+        let tenant: Arc<str> = Arc::from("default");
+        let service: Arc<str> = Arc::from("checkout");
+        TraceGroup {
+            trace: TraceRow {
+                tenant_id: tenant.clone(),
+                trace_id: TraceId([trace; 16]),
+                service_name: service.clone(),
+                has_root: true,
+                start_time_unix_nano: 1_700_000_000_000_000_000,
+                end_time_unix_nano: 1_700_000_000_500_000_000,
+                status: StatusCode::Unset,
+                priority: false,
+            },
+            spans: (0..spans)
+                .map(|i| SpanRow {
+                    tenant_id: tenant.clone(),
+                    trace_id: TraceId([trace; 16]),
+                    span_id: SpanId([i + 1; 8]),
+                    parent_span_id: (i > 0).then_some(SpanId([1; 8])),
+                    name: format!("op {i}"),
+                    kind: SpanKind::Server,
+                    service_name: service.clone(),
+                    start_time_unix_nano: 1_700_000_000_000_000_000,
+                    end_time_unix_nano: 1_700_000_000_100_000_000,
+                    status_code: StatusCode::Unset,
+                    status_message: String::new(),
+                    attributes: format!(r#"{{"http.route":"/cart/{i}","http.status_code":200}}"#),
+                    resource_attributes: resource.clone(),
+                    scope_name: Arc::from("lib"),
+                })
+                .collect(),
+            logs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_encoder_sizes_bodies_from_the_last_group_and_encodes_the_same_bytes() {
+        use crate::pipeline::batch::Received;
+        let resource: Arc<str> = Arc::from(r#"{"service.name":"checkout","host.name":"node-7"}"#);
+        let batch = [Batch::new(
+            0,
+            Rows::Traces(vec![span_group(1, 50, &resource), span_group(2, 50, &resource)]),
+            Received::now(),
+        )];
+        let mut enc = Encoder::default();
+        let first = enc.encode(&batch);
+        let second = enc.encode(&batch);
+        assert_eq!(first.len(), 1, "spans only");
+        assert_eq!((first[0].rows, second[0].rows), (100, 100));
+        assert!(first[0].bytes == second[0].bytes, "sizing changed the bytes");
+        assert!(encode(&batch)[0].bytes == first[0].bytes, "a one-off encoder differs");
+        // Sized from the first group's bytes per row: the body was not regrown.
+        let b = &second[0].bytes;
+        assert!(
+            b.capacity() >= b.len() && b.capacity() <= b.len() + b.len() / 8 + 100,
+            "{} for {}",
+            b.capacity(),
+            b.len()
+        );
+        // The resource's arrays were written for every row.
+        let needle = attrs_of(&resource);
+        assert_eq!(b.windows(needle.len()).filter(|w| *w == &needle[..]).count(), 100);
     }
 
     #[test]

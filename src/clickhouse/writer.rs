@@ -109,6 +109,8 @@ pub struct ClickHouseWriter {
     schema_ready: bool,
     /// `OTELRING_CLICKHOUSE_INSERT_LINGER`, handed to the pipeline by [`BatchWriter::linger`].
     linger: Duration,
+    /// Keeps its buffers and each table's bytes per row from group to group.
+    encoder: rowbinary::Encoder,
     next_replay: Instant,
     replay_backoff: Duration,
     next_probe: Instant,
@@ -146,6 +148,7 @@ impl ClickHouseWriter {
             dlq,
             schema_ready,
             linger,
+            encoder: rowbinary::Encoder::default(),
             next_replay: now,
             replay_backoff: REPLAY_MIN_BACKOFF,
             next_probe: now,
@@ -181,7 +184,7 @@ impl ClickHouseWriter {
                 }
             }
         }
-        for body in rowbinary::encode(batches) {
+        for body in self.encoder.encode(batches) {
             let statement = body.table.insert(&self.target.database);
             if let Err(e) = self.node.insert(&statement, body.bytes) {
                 if e.code().is_some_and(|c| SCHEMA_GONE_CODES.contains(&c)) {
