@@ -12,7 +12,8 @@
 //! - `maintain`: replays the oldest DLQ file with backoff (bisecting a file that fails for a
 //!   permanent reason down to its poison units, which go to `poison/` and count lost), creates the
 //!   node's tables when they were missing, and pings a failed node while there is nothing to
-//!   replay, so `/readyz` comes back without traffic.
+//!   replay, so `/readyz` comes back without traffic. The replay is the routine both sinks
+//!   share (`store::replay`); this writer supplies the inserts and the poison memory.
 //!
 //! There is no `dlq_applied` table here: a file is replayed whole again after a failure or a
 //! crash mid-replay, and the identity keys absorb the repeats. Poison units found by an earlier
@@ -25,7 +26,8 @@ use crate::pipeline::batch::{Batch, Signal};
 use crate::pipeline::stats::LostReason;
 use crate::pipeline::{BatchWriter, Group, Stats, WriteError};
 use crate::store::ShardGauges;
-use crate::store::dlq::{self, DlqError, ShardDlq};
+use crate::store::dlq::ShardDlq;
+use crate::store::replay::{self, Outcome};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -91,13 +93,6 @@ pub enum SchemaError {
     Newer { node: String, found: u32 },
 }
 
-/// Result of one replay attempt on the oldest DLQ file.
-#[derive(Debug, PartialEq, Eq)]
-enum Replay {
-    Finished,
-    Failed,
-}
-
 /// Shard i's ClickHouse writer.
 pub struct ClickHouseWriter {
     shard: usize,
@@ -155,17 +150,12 @@ impl ClickHouseWriter {
             probe_backoff: REPLAY_MIN_BACKOFF,
             poison_seen: None,
         };
-        w.publish_dlq();
+        w.dlq.publish(&w.gauges);
         w
     }
 
     pub fn shard(&self) -> usize {
         self.shard
-    }
-
-    fn publish_dlq(&self) {
-        self.gauges.dlq_files.store(self.dlq.len() as u64, Ordering::Relaxed);
-        self.gauges.dlq_bytes.store(self.dlq.bytes(), Ordering::Relaxed);
     }
 
     /// Inserts every row of `batches` (creating the node's tables first when needed).
@@ -202,14 +192,14 @@ impl ClickHouseWriter {
     fn tick(&mut self) -> Option<Duration> {
         if !self.dlq.is_empty() && Instant::now() >= self.next_replay {
             match self.replay_oldest() {
-                Replay::Finished => self.replay_backoff = REPLAY_MIN_BACKOFF,
-                Replay::Failed => {
+                Outcome::Finished => self.replay_backoff = REPLAY_MIN_BACKOFF,
+                Outcome::Failed => {
                     self.gauges.dlq_replay_failures.fetch_add(1, Ordering::Relaxed);
                     self.next_replay = Instant::now() + self.replay_backoff;
                     self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_MAX_BACKOFF);
                 }
             }
-            self.publish_dlq();
+            self.dlq.publish(&self.gauges);
         }
         if self.probes_due() && Instant::now() >= self.next_probe {
             self.probe();
@@ -269,157 +259,52 @@ impl ClickHouseWriter {
         }
     }
 
-    /// Replays the oldest DLQ file: inserts it whole; on a permanent failure bisects it down to
-    /// its poison units (moved to `poison/`, counted lost); on a transient one stops and backs
-    /// off. The books move when the file is finished.
-    fn replay_oldest(&mut self) -> Replay {
-        let Some(entry) = self.dlq.oldest().cloned() else { return Replay::Finished };
-        let decoded = match self.dlq.load(&entry) {
-            Ok(d) => d,
-            Err(DlqError::Damaged(why)) => {
-                tracing::error!(shard = self.shard, file = %entry.path.display(), why,
-                    "damaged dlq file; set aside in corrupt/ and counted lost");
-                return match self.dlq.set_aside_oldest() {
-                    Ok(_) => {
-                        self.gauges.dlq_corrupt_files.fetch_add(1, Ordering::Relaxed);
-                        self.book_finished([0; 3], LostReason::DlqCorrupt, entry.items);
-                        Replay::Finished
-                    }
-                    Err(e) => {
-                        tracing::error!(shard = self.shard, error = %e, "could not set a damaged dlq file aside");
-                        self.stats.dlq_failing.set(self.shard, true);
-                        Replay::Failed
-                    }
-                };
-            }
-            Err(DlqError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::error!(shard = self.shard, file = %entry.path.display(),
-                    "pending dlq file is missing; forgotten and counted lost");
-                self.dlq.forget_oldest();
-                self.gauges.dlq_corrupt_files.fetch_add(1, Ordering::Relaxed);
-                self.book_finished([0; 3], LostReason::DlqCorrupt, entry.items);
-                return Replay::Finished;
-            }
-            Err(DlqError::Io(e)) => {
-                tracing::warn!(shard = self.shard, error = %e, "could not read a dlq file");
-                self.stats.dlq_failing.set(self.shard, true);
-                return Replay::Failed;
-            }
-        };
-        let units = decoded.header.units;
-        let id = entry.id.clone();
-        let mut poison: Vec<(u64, u64)> = match &self.poison_seen {
-            Some((seen, p)) if *seen == id => p.clone(),
-            _ => Vec::new(),
-        };
-        if units > 0 {
-            // Work list of unit ranges still to insert, front first.
-            let mut work: Vec<(u64, u64)> = uncovered(0, units - 1, &poison);
-            work.reverse();
-            while let Some((a, b)) = work.pop() {
-                let whole = a == 0 && b == units - 1;
-                let part;
-                let batches: &[Batch] = if whole {
-                    &decoded.batches
-                } else {
-                    part = dlq::slice_units(&decoded.batches, a, b);
-                    &part
-                };
-                match self.insert(batches) {
-                    Ok(()) => self.stats.db_failing.set(self.shard, false),
-                    Err(e) if e.permanent() && a < b => {
-                        let mid = a + (b - a) / 2;
-                        tracing::warn!(shard = self.shard, file = %id, first = a, last = b, error = %e,
-                            "dlq replay refused for a permanent reason; bisecting");
-                        work.push((mid + 1, b));
-                        work.push((a, mid));
-                    }
-                    Err(e) if e.permanent() => {
-                        tracing::error!(shard = self.shard, file = %id, unit = a, error = %e,
-                            "poison unit moved to the dlq's poison/ directory and counted lost");
-                        if let Err(err) = self.dlq.write_poison(batches, &id, a, &e.to_string()) {
-                            tracing::error!(shard = self.shard, error = %err, "could not write a poison file");
-                            self.stats.dlq_failing.set(self.shard, true);
-                            self.poison_seen = Some((id, poison));
-                            return Replay::Failed;
-                        }
-                        self.gauges.poison_units.fetch_add(1, Ordering::Relaxed);
-                        poison.push((a, b));
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = self.shard, file = %id, error = %e, "dlq replay failed; will retry");
-                        self.stats.db_failing.set(self.shard, true);
-                        self.poison_seen = Some((id, poison));
-                        return Replay::Failed;
-                    }
-                }
-            }
-        }
-        let mut lost = [0u64; 3];
-        for &(a, b) in &poison {
-            for (i, n) in dlq::items_of_units(&decoded.batches, a, b).iter().enumerate() {
-                lost[i] += n;
-            }
-        }
-        if let Err(e) = self.dlq.remove_oldest() {
-            tracing::warn!(shard = self.shard, error = %e, "could not delete a replayed dlq file");
-            self.stats.dlq_failing.set(self.shard, true);
-            self.poison_seen = Some((id, poison));
-            return Replay::Failed;
-        }
-        self.poison_seen = None;
-        self.stats.dlq_failing.set(self.shard, false);
-        let mut persisted = entry.items;
-        for (p, l) in persisted.iter_mut().zip(lost) {
-            *p = p.saturating_sub(l);
-        }
-        self.gauges.dlq_replayed_files.fetch_add(1, Ordering::Relaxed);
-        self.gauges.dlq_replayed_items.fetch_add(persisted.iter().sum::<u64>(), Ordering::Relaxed);
-        self.book_finished(persisted, LostReason::Poison, lost);
-        Replay::Finished
-    }
-
-    /// Books a finished DLQ file: `persisted` items stored, `lost` lost for `reason`; both leave
-    /// `dlq_pending`.
-    fn book_finished(&self, persisted: [u64; 3], reason: LostReason, lost: [u64; 3]) {
-        for s in Signal::ALL {
-            let st = self.stats.signal(s);
-            let (p, l) = (persisted[s.index()], lost[s.index()]);
-            st.persisted_items.fetch_add(p, Ordering::Relaxed);
-            if l > 0 {
-                st.add_lost(reason, l);
-            }
-            st.dlq_pending_items.fetch_sub((p + l) as i64, Ordering::Relaxed);
-        }
-        self.publish_dlq();
+    /// One attempt at the oldest DLQ file (see `crate::store::replay`; this writer's part is
+    /// its `replay::Sink` impl).
+    fn replay_oldest(&mut self) -> Outcome {
+        let (shard, stats, gauges) = (self.shard, Arc::clone(&self.stats), Arc::clone(&self.gauges));
+        replay::replay_oldest(self, shard, &stats, &gauges)
     }
 }
 
-/// The sub-ranges of `[a, b]` not covered by `covered`, in order (as the SQLite sink's replay).
-fn uncovered(a: u64, b: u64, covered: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut c: Vec<(u64, u64)> =
-        covered.iter().copied().filter(|&(x, y)| x <= y && y >= a && x <= b).collect();
-    c.sort_unstable();
-    let mut out = Vec::new();
-    let mut next = a;
-    for (x, y) in c {
-        if x > next {
-            out.push((next, x - 1));
-        }
-        if y >= next {
-            match y.checked_add(1) {
-                Some(n) => next = n,
-                None => return out,
-            }
-        }
-        if next > b {
-            return out;
-        }
+/// The ClickHouse sink's part of a DLQ replay: nothing is recorded on the node (a file is
+/// inserted whole again after a failure or a crash, and the identity keys absorb the repeats);
+/// the poison units of the file being replayed are remembered in memory, so they are written to
+/// `poison/` and counted once.
+impl replay::Sink for ClickHouseWriter {
+    fn dlq(&mut self) -> &mut ShardDlq {
+        &mut self.dlq
     }
-    if next <= b {
-        out.push((next, b));
+
+    /// The poison units an earlier attempt found in `file`; nothing is ever stored for good.
+    fn settled(&mut self, file: &str) -> Result<replay::Settled, String> {
+        let poison = match &self.poison_seen {
+            Some((seen, p)) if seen == file => p.clone(),
+            _ => Vec::new(),
+        };
+        Ok(replay::Settled { poison, ..replay::Settled::default() })
     }
-    out
+
+    fn insert_units(
+        &mut self,
+        _file: &str,
+        _units: replay::Units,
+        batches: &[Batch],
+    ) -> Result<(), replay::Refused> {
+        self.insert(batches).map_err(|e| replay::Refused { permanent: e.permanent(), message: e.to_string() })
+    }
+
+    fn poison_found(&mut self, file: &str, first: u64, last: u64) -> Result<(), String> {
+        match &mut self.poison_seen {
+            Some((seen, p)) if seen == file => p.push((first, last)),
+            _ => self.poison_seen = Some((file.to_owned(), vec![(first, last)])),
+        }
+        Ok(())
+    }
+
+    fn finished(&mut self, _file: &str) {
+        self.poison_seen = None;
+    }
 }
 
 impl BatchWriter for ClickHouseWriter {
@@ -449,7 +334,7 @@ impl BatchWriter for ClickHouseWriter {
             self.gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.dlq_failing.set(self.shard, spilled.is_err());
-        self.publish_dlq();
+        self.dlq.publish(&self.gauges);
         spilled.map(drop).map_err(|e| WriteError::Spill(e.to_string()))
     }
 
@@ -459,17 +344,5 @@ impl BatchWriter for ClickHouseWriter {
 
     fn linger(&self) -> Duration {
         self.linger
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uncovered_ranges() {
-        assert_eq!(uncovered(0, 9, &[]), vec![(0, 9)]);
-        assert_eq!(uncovered(0, 9, &[(3, 4), (7, 7)]), vec![(0, 2), (5, 6), (8, 9)]);
-        assert_eq!(uncovered(0, 9, &[(0, 9)]), vec![]);
     }
 }

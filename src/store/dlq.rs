@@ -24,7 +24,7 @@
 //! A *unit* is what bisection isolates: one trace group (a trace row with its spans and
 //! synthesized logs), one log record, or one metric point, numbered in file order.
 
-use super::Faults;
+use super::{Faults, ShardGauges};
 use crate::pipeline::batch::{
     Batch, LogRow, MetricKind, MetricPointRow, NumberValue, Received, Rows, Signal, SpanId, SpanKind,
     SpanRow, StatusCode, Temporality, TraceGroup, TraceId, TraceRow,
@@ -1010,6 +1010,12 @@ impl ShardDlq {
     /// The oldest pending file.
     pub fn oldest(&self) -> Option<&Entry> {
         self.files.front()
+    }
+    /// Publishes the pending files and bytes in the shard's `dlq_files` / `dlq_bytes` gauges.
+    pub fn publish(&self, gauges: &ShardGauges) {
+        use std::sync::atomic::Ordering;
+        gauges.dlq_files.store(self.len() as u64, Ordering::Relaxed);
+        gauges.dlq_bytes.store(self.bytes(), Ordering::Relaxed);
     }
 
     fn next_seq(&mut self) -> u64 {

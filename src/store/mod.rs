@@ -34,6 +34,7 @@
 
 pub mod catalog;
 pub mod dlq;
+pub(crate) mod replay;
 pub mod schema;
 pub mod segment;
 pub mod shard;

@@ -22,7 +22,9 @@
 //! - Failures roll the transaction back and return [`WriteError::Database`]; the writer loop then
 //!   retries commit-mode batches alone and spills async batches through [`BatchWriter::spill`]
 //!   into this shard's DLQ, which [`BatchWriter::maintain`] replays with backoff (bisecting a
-//!   group that fails for a permanent reason, isolating poison units).
+//!   group that fails for a permanent reason, isolating poison units). The replay is the
+//!   routine both sinks share (`store::replay`); this writer's part records every stored part
+//!   and poison unit of a file in `dlq_applied`, in the transaction of its rows.
 //! - WAL: SQLite runs a PASSIVE checkpoint (never waits) right after any commit that leaves
 //!   [`CHECKPOINT_PAGES`] or more frames in the WAL; a TRUNCATE
 //!   checkpoint runs with the busy handler off when the WAL file passes [`WAL_TRUNCATE_BYTES`];
@@ -38,7 +40,8 @@
 //!   replay backoff, so readiness comes back once the fault clears, without new traffic.
 
 use super::catalog::{Catalog, SegmentInfo};
-use super::dlq::{self, DlqError, Entry, ShardDlq};
+use super::dlq::ShardDlq;
+use super::replay::{self, Outcome};
 use super::schema;
 use super::segment::{self, Extent, SpanKeys};
 use super::{Faults, ShardGauges, StoreError};
@@ -692,15 +695,6 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
-/// Result of one replay attempt on the oldest DLQ file.
-#[derive(Debug, PartialEq, Eq)]
-enum Replay {
-    /// The file is done (committed, poison isolated, or set aside) and gone.
-    Finished,
-    /// The database (or the DLQ disk) is failing: back off.
-    Failed,
-}
-
 /// Segment settings of a shard writer (from [`crate::config::StoreConfig`]).
 #[derive(Clone, Copy, Debug)]
 pub struct SegmentLimits {
@@ -820,7 +814,7 @@ impl ShardWriter {
             last_wal_warn: None,
             faults_seen: 0,
         };
-        w.publish_dlq();
+        w.dlq.publish(&w.gauges);
         w.publish_segments();
         w
     }
@@ -918,9 +912,11 @@ impl ShardWriter {
         self.publish_wal();
     }
 
-    fn publish_dlq(&self) {
-        self.gauges.dlq_files.store(self.dlq.len() as u64, Ordering::Relaxed);
-        self.gauges.dlq_bytes.store(self.dlq.bytes(), Ordering::Relaxed);
+    /// One attempt at the oldest DLQ file (see [`replay`]; this writer's part is its
+    /// [`replay::Sink`] impl).
+    fn replay_oldest(&mut self) -> Outcome {
+        let (shard, stats, gauges) = (self.shard, Arc::clone(&self.stats), Arc::clone(&self.gauges));
+        replay::replay_oldest(self, shard, &stats, &gauges)
     }
 
     /// One maintenance tick: DLQ replay (when due), retention (when due), WAL truncation.
@@ -933,8 +929,8 @@ impl ShardWriter {
                     break;
                 }
                 match self.replay_oldest() {
-                    Replay::Finished => self.replay_backoff = REPLAY_MIN_BACKOFF,
-                    Replay::Failed => {
+                    Outcome::Finished => self.replay_backoff = REPLAY_MIN_BACKOFF,
+                    Outcome::Failed => {
                         self.gauges.dlq_replay_failures.fetch_add(1, Ordering::Relaxed);
                         self.next_replay = Instant::now() + self.replay_backoff;
                         self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_MAX_BACKOFF);
@@ -942,7 +938,7 @@ impl ShardWriter {
                     }
                 }
             }
-            self.publish_dlq();
+            self.dlq.publish(&self.gauges);
         }
         if Instant::now() >= self.next_retention {
             self.reap_sealing(false);
@@ -1045,154 +1041,6 @@ impl ShardWriter {
             let _ = self.active.conn.execute_batch("ROLLBACK");
         }
         r
-    }
-
-    /// Replays the oldest DLQ file: skips what `dlq_applied` says is committed, writes the rest in
-    /// one transaction, bisects on a permanent failure, isolates poison units. The books move
-    /// when the file is finished: its items leave `dlq_pending`, poison to `lost{poison}`, the
-    /// rest to `persisted`.
-    fn replay_oldest(&mut self) -> Replay {
-        let Some(entry) = self.dlq.oldest().cloned() else { return Replay::Finished };
-        let decoded = match self.dlq.load(&entry) {
-            Ok(d) => d,
-            Err(DlqError::Damaged(why)) => {
-                tracing::error!(shard = self.shard, file = %entry.path.display(), why,
-                    "damaged dlq file; set aside in corrupt/ and counted lost");
-                return match self.dlq.set_aside_oldest() {
-                    Ok(_) => {
-                        self.gauges.dlq_corrupt_files.fetch_add(1, Ordering::Relaxed);
-                        self.book_finished(&entry, [0; 3], LostReason::DlqCorrupt, entry.items);
-                        Replay::Finished
-                    }
-                    Err(e) => {
-                        tracing::error!(shard = self.shard, error = %e, "could not set a damaged dlq file aside");
-                        self.stats.dlq_failing.set(self.shard, true);
-                        Replay::Failed
-                    }
-                };
-            }
-            Err(DlqError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Gone (deleted by hand, or moved away by a set-aside whose fsync failed): waiting
-                // would block every later file of this shard forever. Its items leave dlq_pending
-                // as lost; should it come back, dlq_applied still guards what was committed.
-                tracing::error!(shard = self.shard, file = %entry.path.display(),
-                    "pending dlq file is missing; forgotten and counted lost");
-                self.dlq.forget_oldest();
-                self.gauges.dlq_corrupt_files.fetch_add(1, Ordering::Relaxed);
-                self.book_finished(&entry, [0; 3], LostReason::DlqCorrupt, entry.items);
-                return Replay::Finished;
-            }
-            Err(DlqError::Io(e)) => {
-                tracing::warn!(shard = self.shard, error = %e, "could not read a dlq file");
-                self.stats.dlq_failing.set(self.shard, true);
-                return Replay::Failed;
-            }
-        };
-        let units = decoded.header.units;
-        let id = entry.id.clone();
-        let applied = match self.applied_parts(&id) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(shard = self.shard, error = %e, "dlq replay: database unavailable");
-                self.stats.db_failing.set(self.shard, true);
-                return Replay::Failed;
-            }
-        };
-        let mut poison: Vec<(u64, u64)> =
-            applied.iter().filter(|p| p.poison).map(|p| (p.first, p.last)).collect();
-        let whole_done = applied.iter().any(|p| p.whole);
-        if !whole_done && units > 0 {
-            let covered: Vec<(u64, u64)> =
-                applied.iter().filter(|p| !p.whole).map(|p| (p.first, p.last)).collect();
-            // Work list of unit ranges still to apply, processed front first.
-            let mut work: Vec<(u64, u64)> = uncovered(0, units - 1, &covered);
-            work.reverse();
-            while let Some((a, b)) = work.pop() {
-                let whole = a == 0 && b == units - 1 && covered.is_empty();
-                let tag = if whole { id.clone() } else { format!("{id}:{a}-{b}") };
-                let part;
-                let batches: &[Batch] = if whole {
-                    &decoded.batches
-                } else {
-                    part = dlq::slice_units(&decoded.batches, a, b);
-                    &part
-                };
-                match self.transaction(batches, Some(&tag)) {
-                    Ok(()) => self.stats.db_failing.set(self.shard, false),
-                    Err(e) if e.permanent() && a < b => {
-                        let mid = a + (b - a) / 2;
-                        tracing::warn!(shard = self.shard, file = %id, first = a, last = b, error = %e,
-                            "dlq replay failed for a permanent reason; bisecting");
-                        work.push((mid + 1, b));
-                        work.push((a, mid));
-                    }
-                    Err(e) if e.permanent() => {
-                        tracing::error!(shard = self.shard, file = %id, unit = a, error = %e,
-                            "poison unit moved to the dlq's poison/ directory and counted lost");
-                        let cause = e.to_string();
-                        if let Err(err) = self.dlq.write_poison(batches, &id, a, &cause) {
-                            tracing::error!(shard = self.shard, error = %err, "could not write a poison file");
-                            self.stats.dlq_failing.set(self.shard, true);
-                            return Replay::Failed;
-                        }
-                        let mark = format!("{id}:{a}-{b}:poison");
-                        if let Err(err) = self.active.conn.execute(
-                            "INSERT OR IGNORE INTO dlq_applied (id, applied_at) VALUES (?1, ?2)",
-                            (&mark, unix_nano_now()),
-                        ) {
-                            tracing::warn!(shard = self.shard, error = %err, "could not record a poison unit");
-                            self.stats.db_failing.set(self.shard, true);
-                            return Replay::Failed;
-                        }
-                        self.gauges.poison_units.fetch_add(1, Ordering::Relaxed);
-                        poison.push((a, b));
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = self.shard, file = %id, error = %e, "dlq replay failed; will retry");
-                        self.stats.db_failing.set(self.shard, true);
-                        return Replay::Failed;
-                    }
-                }
-            }
-        }
-        let mut lost = [0u64; 3];
-        for &(a, b) in &poison {
-            for (i, n) in dlq::items_of_units(&decoded.batches, a, b).iter().enumerate() {
-                lost[i] += n;
-            }
-        }
-        if let Err(e) = self.dlq.remove_oldest() {
-            tracing::warn!(shard = self.shard, error = %e, "could not delete a replayed dlq file");
-            self.stats.dlq_failing.set(self.shard, true);
-            return Replay::Failed;
-        }
-        // The file was read and removed: the DLQ disk works.
-        self.stats.dlq_failing.set(self.shard, false);
-        // The `dlq_applied` records stay (retention ages them out): a copy of this file put back
-        // by hand, or found again after a crash before the delete, is skipped, not duplicated.
-        let mut persisted = entry.items;
-        for (p, l) in persisted.iter_mut().zip(lost) {
-            *p = p.saturating_sub(l);
-        }
-        self.gauges.dlq_replayed_files.fetch_add(1, Ordering::Relaxed);
-        self.gauges.dlq_replayed_items.fetch_add(persisted.iter().sum::<u64>(), Ordering::Relaxed);
-        self.book_finished(&entry, persisted, LostReason::Poison, lost);
-        Replay::Finished
-    }
-
-    /// Books a finished DLQ file: `persisted` items committed, `lost` items lost for `reason`;
-    /// both leave `dlq_pending`.
-    fn book_finished(&self, _entry: &Entry, persisted: [u64; 3], reason: LostReason, lost: [u64; 3]) {
-        for s in Signal::ALL {
-            let st = self.stats.signal(s);
-            let (p, l) = (persisted[s.index()], lost[s.index()]);
-            st.persisted_items.fetch_add(p, Ordering::Relaxed);
-            if l > 0 {
-                st.add_lost(reason, l);
-            }
-            st.dlq_pending_items.fetch_sub((p + l) as i64, Ordering::Relaxed);
-        }
-        self.publish_dlq();
     }
 
     /// The `dlq_applied` records of file `id`.
@@ -1460,6 +1308,56 @@ impl Drop for ShardWriter {
     }
 }
 
+/// The SQLite sink's part of a DLQ replay: `dlq_applied` records what is settled, in the same
+/// transaction as the rows, so a replay stays exactly-once across failed attempts and crashes.
+impl replay::Sink for ShardWriter {
+    fn dlq(&mut self) -> &mut ShardDlq {
+        &mut self.dlq
+    }
+
+    /// The file's `dlq_applied` records: the whole file, committed parts, poison units.
+    fn settled(&mut self, file: &str) -> Result<replay::Settled, String> {
+        let parts = self.applied_parts(file).map_err(|e| e.to_string())?;
+        let range = |p: &Part| (p.first, p.last);
+        Ok(replay::Settled {
+            whole: parts.iter().any(|p| p.whole),
+            stored: parts.iter().filter(|p| !p.whole && !p.poison).map(range).collect(),
+            poison: parts.iter().filter(|p| p.poison).map(range).collect(),
+        })
+    }
+
+    /// One transaction: the rows and their `dlq_applied` record (the file id when the file is
+    /// whole, else `<id>:<first>-<last>`).
+    fn insert_units(
+        &mut self,
+        file: &str,
+        units: replay::Units,
+        batches: &[Batch],
+    ) -> Result<(), replay::Refused> {
+        let tag =
+            if units.whole { file.to_owned() } else { format!("{file}:{}-{}", units.first, units.last) };
+        self.transaction(batches, Some(&tag))
+            .map_err(|e| replay::Refused { permanent: e.permanent(), message: e.to_string() })
+    }
+
+    /// Records `<id>:<first>-<last>:poison` in `dlq_applied`.
+    fn poison_found(&mut self, file: &str, first: u64, last: u64) -> Result<(), String> {
+        let mark = format!("{file}:{first}-{last}:poison");
+        self.active
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO dlq_applied (id, applied_at) VALUES (?1, ?2)",
+                (&mark, unix_nano_now()),
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The `dlq_applied` records stay (retention ages them out): a copy of this file put back
+    /// by hand, or found again after a crash before the delete, is skipped, not duplicated.
+    fn finished(&mut self, _file: &str) {}
+}
+
 /// A `dlq_applied` record of one file: the whole file, a committed part, or a poison unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Part {
@@ -1482,33 +1380,6 @@ impl Part {
         let (a, b) = range.split_once('-')?;
         Some(Part { whole: false, first: a.parse().ok()?, last: b.parse().ok()?, poison })
     }
-}
-
-/// The sub-ranges of `[a, b]` not covered by `covered`, in order.
-fn uncovered(a: u64, b: u64, covered: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut c: Vec<(u64, u64)> =
-        covered.iter().copied().filter(|&(x, y)| x <= y && y >= a && x <= b).collect();
-    c.sort_unstable();
-    let mut out = Vec::new();
-    let mut next = a;
-    for (x, y) in c {
-        if x > next {
-            out.push((next, x - 1));
-        }
-        if y >= next {
-            match y.checked_add(1) {
-                Some(n) => next = n,
-                None => return out,
-            }
-        }
-        if next > b {
-            return out;
-        }
-    }
-    if next <= b {
-        out.push((next, b));
-    }
-    out
 }
 
 impl BatchWriter for ShardWriter {
@@ -1544,7 +1415,7 @@ impl BatchWriter for ShardWriter {
             self.gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.dlq_failing.set(self.shard, spilled.is_err());
-        self.publish_dlq();
+        self.dlq.publish(&self.gauges);
         spilled.map(drop).map_err(|e| WriteError::Spill(e.to_string()))
     }
 
@@ -1557,15 +1428,6 @@ impl BatchWriter for ShardWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uncovered_ranges() {
-        assert_eq!(uncovered(0, 9, &[]), vec![(0, 9)]);
-        assert_eq!(uncovered(0, 9, &[(0, 4)]), vec![(5, 9)]);
-        assert_eq!(uncovered(0, 9, &[(3, 4), (7, 7)]), vec![(0, 2), (5, 6), (8, 9)]);
-        assert_eq!(uncovered(0, 9, &[(0, 9)]), vec![]);
-        assert_eq!(uncovered(0, 9, &[(0, 3), (2, 5)]), vec![(6, 9)]);
-    }
 
     #[test]
     fn parts_parse() {
