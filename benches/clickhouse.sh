@@ -15,6 +15,7 @@
 #             (system.merges empty), so both phases pay for the merges they cause.
 #
 #   CH_NODES=1|2 (default 2): with 1, both writers (and both baseline streams) go to one node.
+#   CH_BASELINE=0: skip the baseline (a long run: its export re-sorts the table per batch).
 #   OTELRING_PERF=FILE: `perf record -g` of the otelring server while the load runs, into FILE.
 #
 #   benches/clickhouse.sh [rounds] [loadgen args...]
@@ -120,46 +121,68 @@ for round in $(seq "$rounds"); do
   persisted=$(grep -o 'books traces [^ ]* [^ ]* persisted=[0-9]*' "$run/err" | grep -o '[0-9]*$' || echo 0)
   ours=$(python3 -c "print(f'{$persisted / ($end - $start):.0f}')")
 
-  # Baseline: the same rows, batch by batch, exported per node (untimed), then POSTed back.
-  cols=$(q 0 "DESCRIBE TABLE otel.otel_traces_local" | cut -f1 | sed 's/.*/`&`/' | paste -sd, -)
-  rows_total=0
-  for i in 0 1; do
+  sent=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["by_signal"]["traces"]["sent_items"])' "$run/load.json")
+  otel_cpu=$(python3 -c "print($o1 - $o0)")
+  cpu_line="otelring $(us_per "$otel_cpu" "$persisted") us/persisted span, $(us_per "$otel_cpu" "$sent") us/sent span; loadgen $(us_per "$load_cpu" "$sent") us/sent span; clickhouse ours $(us_per "$(python3 -c "print($ch1 - $ch0)")" "$persisted") us/span"
+  commit_line="commits $commits of $(python3 -c "print(f'{float($commit_rows or 0) / max(float($commits or 0), 1):.0f}')") rows on average"
+  if [ "${CH_BASELINE:-1}" = 0 ]; then
+    echo "round $round: ours $ours spans/s (persisted $persisted of $sent sent, $(python3 -c "print(f'{100 * (1 - $persisted / max($sent, 1)):.2f}')")% not persisted); no baseline"
+    echo "round $round cpu: $cpu_line; $commit_line"
+    rm -rf "$run"
+    continue
+  fi
+  # Baseline: the same rows, batch by batch, exported per node (untimed), then POSTed back: each
+  # node's spans in batches of $batch rows, each followed by its share of the node's logs (the
+  # logs otelring made from span events, inserted with their spans as otelring's groups are).
+  declare -A cols insert
+  for t in traces logs; do
+    cols[$t]=$(q 0 "DESCRIBE TABLE otel.otel_${t}_local" | cut -f1 | sed 's/.*/`&`/' | paste -sd, -)
+    insert[$t]=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' \
+      "INSERT INTO otel.otel_${t}_local (${cols[$t]}) FORMAT RowBinary")
+  done
+  rows_total=0; logs_total=0
+  for ((i = 0; i < nodes; i++)); do
     n=$(q "$i" "SELECT count() FROM otel.otel_traces_local")
-    rows_total=$((rows_total + n))
-    mkdir -p "$run/batches$i"
-    for ((off = 0, k = 0; off < n; off += batch, k++)); do
+    nl=$(q "$i" "SELECT count() FROM otel.otel_logs_local")
+    rows_total=$((rows_total + n)); logs_total=$((logs_total + nl))
+    parts=$(((n + batch - 1) / batch)); lbatch=$(((nl + parts - 1) / (parts > 0 ? parts : 1)))
+    for ((k = 0; k < parts; k++)); do
       # With one node, alternate batches between two streams (one per otelring writer).
       s=$i; [ "$nodes" = 1 ] && s=$((k % 2))
       mkdir -p "$run/stream$s"
-      q "$i" "SELECT $cols FROM otel.otel_traces_local ORDER BY IngestedAtNs, TraceId, SpanId LIMIT $off, $batch FORMAT RowBinary" \
-        >"$run/stream$s/$i-$(printf %08d "$off").bin"
+      f="$run/stream$s/$i-$(printf %06d "$k")"
+      q "$i" "SELECT ${cols[traces]} FROM otel.otel_traces_local ORDER BY IngestedAtNs, TraceId, SpanId LIMIT $((k * batch)), $batch FORMAT RowBinary" >"$f-traces.bin"
+      [ "$lbatch" -gt 0 ] && q "$i" "SELECT ${cols[logs]} FROM otel.otel_logs_local ORDER BY IngestedAtNs, LogId LIMIT $((k * lbatch)), $lbatch FORMAT RowBinary" >"$f-logs.bin"
     done
     q "$i" "TRUNCATE TABLE otel.otel_traces_local" >/dev/null
+    q "$i" "TRUNCATE TABLE otel.otel_logs_local" >/dev/null
   done
   settle
-  insert=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' \
-    "INSERT INTO otel.otel_traces_local ($cols) FORMAT RowBinary")
   chb0=$(chcpu)
   t0=$(date +%s.%N)
   bp=()
   for s in 0 1; do
     [ -d "$run/stream$s" ] || continue
     (for f in "$run/stream$s"/*.bin; do
-       i=$(basename "$f" | cut -d- -f1)
-       curl -sS --fail-with-body "http://127.0.0.1:${http[$i]}/?query=$insert" --data-binary "@$f" >/dev/null
+       i=$(basename "$f" | cut -d- -f1); t=$(basename "$f" .bin | cut -d- -f3)
+       [ -s "$f" ] || continue
+       curl -sS --fail-with-body "http://127.0.0.1:${http[$i]}/?query=${insert[$t]}" --data-binary "@$f" >/dev/null
      done) &
     bp+=($!)
   done
   wait "${bp[@]}"
   t1=$(date +%s.%N)
   settle; chb1=$(chcpu)
-  back=$(($(q 0 "SELECT count() FROM otel.otel_traces_local") + $(q 1 "SELECT count() FROM otel.otel_traces_local")))
+  back=0; back_logs=0
+  for ((i = 0; i < nodes; i++)); do
+    back=$((back + $(q "$i" "SELECT count() FROM otel.otel_traces_local")))
+    back_logs=$((back_logs + $(q "$i" "SELECT count() FROM otel.otel_logs_local")))
+  done
   base=$(python3 -c "print(f'{$rows_total / ($t1 - $t0):.0f}')")
-  sent=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["by_signal"]["traces"]["sent_items"])' "$run/load.json")
-  echo "round $round: ours $ours spans/s (persisted $persisted of $sent sent); baseline $base spans/s ($back of $rows_total rows re-inserted in $batch-row batches); ratio $(python3 -c "print(f'{$ours / max($base, 1):.2f}')")"
+  echo "round $round: ours $ours spans/s (persisted $persisted of $sent sent); baseline $base spans/s ($back of $rows_total spans and $back_logs of $logs_total logs re-inserted, spans in $batch-row batches); ratio $(python3 -c "print(f'{$ours / max($base, 1):.2f}')")"
   # CPU per span: otelring until SIGTERM (the drain's share is small) per persisted and per
   # received span (shed spans are decoded too), the load generator per span it sent, both
-  # ClickHouse nodes per stored row in each phase (merges until settled included).
-  echo "round $round cpu: otelring $(us_per "$(python3 -c "print($o1 - $o0)")" "$persisted") us/persisted span, $(us_per "$(python3 -c "print($o1 - $o0)")" "$sent") us/sent span; loadgen $(us_per "$load_cpu" "$sent") us/sent span; clickhouse ours $(us_per "$(python3 -c "print($ch1 - $ch0)")" "$persisted") us/span, baseline $(us_per "$(python3 -c "print($chb1 - $chb0)")" "$rows_total") us/span; commits $commits of $(python3 -c "print(f'{float($commit_rows or 0) / max(float($commits or 0), 1):.0f}')") rows on average"
+  # ClickHouse nodes per stored span (its logs included) in each phase (merges until settled included).
+  echo "round $round cpu: $cpu_line, baseline $(us_per "$(python3 -c "print($chb1 - $chb0)")" "$rows_total") us/span; $commit_line"
   rm -rf "$run"
 done
