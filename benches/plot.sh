@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Plots one or more `otelring loadgen --timeline-out` CSVs: the server's persisted spans/s (10 s
-# moving average, offered rate dashed) and the data dir's size over time, one curve per CSV
+# moving average, offered rate dashed) and the data dir's size over time (or, when no CSV has a
+# data dir size, e.g. the ClickHouse sink, the spans shed per second), one curve per CSV
 # (e.g. "before" and "after" overlaid). gnuplot renders it; the script installs gnuplot-nox with
 # apt-get when it is missing.
 #
@@ -24,7 +25,7 @@ fi
 avg=${PLOT_AVG:-10}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-plots_rate=(); plots_disk=(); i=0
+plots_rate=(); plots_disk=(); plots_shed=(); has_disk=; i=0
 colors=("#1f77b4" "#d62728" "#2ca02c" "#ff7f0e" "#9467bd" "#8c564b")
 for arg in "$@"; do
   csv=${arg%%=*}
@@ -34,17 +35,20 @@ for arg in "$@"; do
   dat="$tmp/$i.dat"
   # Columns of the CSV (loadgen's TIMELINE_HEADER): second,t_s,offered_items,accepted_items,
   # dropped_items,throttled_calls,error_calls,p50_ms,p99_ms,persisted_items,data_dir_bytes.
-  # Out: minutes, persisted k/s (moving average), offered k/s (moving average), data dir GiB.
+  # Out: minutes, persisted k/s (moving average), offered k/s (moving average), data dir GiB,
+  # shed k/s (moving average).
   awk -F, -v n="$avg" 'NR > 1 {
-      k = NR - 2; p[k % n] = ($10 == "" ? 0 : $10); o[k % n] = $3; m = (k + 1 < n ? k + 1 : n)
-      sp = 0; so = 0; for (j = 0; j < m; j++) { sp += p[j]; so += o[j] }
+      k = NR - 2; p[k % n] = ($10 == "" ? 0 : $10); o[k % n] = $3; x[k % n] = $5; m = (k + 1 < n ? k + 1 : n)
+      sp = 0; so = 0; sx = 0; for (j = 0; j < m; j++) { sp += p[j]; so += o[j]; sx += x[j] }
       d = ($11 == "" ? "NaN" : $11 / 1073741824)
-      printf "%.4f %.3f %.3f %s\n", $2 / 60, sp / m / 1000, so / m / 1000, d
+      printf "%.4f %.3f %.3f %s %.3f\n", $2 / 60, sp / m / 1000, so / m / 1000, d, sx / m / 1000
     }' "$csv" >"$dat"
+  awk '$4 != "NaN" { found = 1 } END { exit !found }' "$dat" && has_disk=1
   c=${colors[$((i % ${#colors[@]}))]}
   plots_rate+=("'$dat' using 1:2 with lines lw 2 lc rgb '$c' title '$label persisted'")
   plots_rate+=("'$dat' using 1:3 with lines lw 1 dt 2 lc rgb '$c' title '$label offered'")
   plots_disk+=("'$dat' using 1:4 with lines lw 2 lc rgb '$c' title '$label'")
+  plots_shed+=("'$dat' using 1:5 with lines lw 2 lc rgb '$c' title '$label'")
   i=$((i + 1))
 done
 join() { local IFS=,; echo "$*"; }
@@ -65,8 +69,11 @@ set xlabel 'minutes since the load started'
 set ylabel 'spans/s (thousands, ${avg} s average)'
 set yrange [0:*]
 plot $(join "${plots_rate[@]}")
-set ylabel 'data dir (GiB)'
-plot $(join "${plots_disk[@]}")
+$(if [ -n "$has_disk" ]; then
+    echo "set ylabel 'data dir (GiB)'"; echo "plot $(join "${plots_disk[@]}")"
+  else
+    echo "set ylabel 'shed spans/s (thousands, ${avg} s average)'"; echo "plot $(join "${plots_shed[@]}")"
+  fi)
 unset multiplot
 EOF
 echo "plot.sh: wrote $out" >&2

@@ -445,6 +445,38 @@ fn ch_sigterm_under_load_books_balance_and_persisted_equals_rows_in_the_cluster(
 }
 
 #[test]
+fn ch_commit_mode_kill_9_under_load_loses_nothing_acknowledged() {
+    let cluster = Cluster::start();
+    let mut o = Otelring::start(&cluster, &[("INGEST_ASYNC_ENABLED", "false")]);
+    let rt = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let clients = trace_load(&rt, o.http, 4, 0, stop.clone(), acked.clone());
+    wait_for(Duration::from_secs(20), "commit-mode acknowledgements under load", || {
+        acked.lock().unwrap().len() >= 200
+    });
+    // SIGKILL mid-load: requests in flight lose their connection (not acknowledged).
+    let mut child = o.child.take().expect("running");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        rt.block_on(c).unwrap();
+    }
+    // A commit-mode 200 is sent only after every node acknowledged the group's inserts.
+    let acked = acked.lock().unwrap().clone();
+    let per_trace = spans_per_trace(&cluster);
+    for n in &acked {
+        assert_eq!(
+            per_trace.get(&format!("{n:032x}")).copied(),
+            Some(20),
+            "acknowledged trace {n} after kill -9"
+        );
+    }
+    assert_no_visible_duplicates(&cluster);
+}
+
+#[test]
 fn ch_two_instances_into_one_cluster_hold_exactly_the_sum_of_their_books() {
     let cluster = Cluster::start();
     let mut a = Otelring::start(&cluster, &[]);
