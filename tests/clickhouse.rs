@@ -539,6 +539,37 @@ fn ch_rows_a_node_refuses_for_good_become_poison_not_an_endless_retry() {
     assert_eq!(dlq_file_count(&poison), 12, "one poison file per refused record");
 }
 
+/// Commit mode: rows every node refuses for good are answered 400 / INVALID_ARGUMENT (the client
+/// must not retry them), counted rejected as invalid; other requests are stored.
+#[test]
+fn ch_commit_mode_rows_a_node_refuses_for_good_get_400_not_a_retry() {
+    let cluster = Cluster::start();
+    let mut o = Otelring::start(&cluster, &[("INGEST_ASYNC_ENABLED", "false")]);
+    for i in 0..2 {
+        cluster.try_query_node(i, "ALTER TABLE otel.otel_logs_local DROP COLUMN HasBody").unwrap();
+    }
+    let rt = runtime();
+    let http = o.http;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let (s, retry, body) =
+            post_json(&client, http, "/v1/logs", logs_json(0, 4, "refused-svc")).await.unwrap();
+        assert_eq!((s, retry), (400, false), "{body}");
+        assert!(body.contains("refuses"), "{body}");
+        let (s, _, _) = post_json(&client, http, "/v1/traces", load_trace(43, 5)).await.unwrap();
+        assert_eq!(s, 200);
+    });
+    assert_eq!(
+        metric(&rt, http, "otelring_ingest_rejected_items_total{signal=\"logs\",reason=\"invalid\"}"),
+        4.0
+    );
+    let (_, books) = o.stop();
+    assert_balanced(&books);
+    assert_eq!(books[0].persisted, 5);
+    assert_eq!(cluster.count("SELECT count() FROM otel.otel_traces FINAL"), 5);
+    assert_eq!(dlq_file_count(&o.data.path().join("data/dlq")), 0, "commit mode spills nothing");
+}
+
 /// Extracts the ```sql blocks of docs/CLICKHOUSE.md.
 fn documented_queries() -> Vec<String> {
     let doc =

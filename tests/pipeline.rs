@@ -431,6 +431,30 @@ fn commit_mode_retries_a_failed_group_batch_by_batch_and_never_spills() {
 }
 
 #[test]
+fn commit_mode_rows_the_database_refuses_for_good_are_refused_not_retried() {
+    let cfg = PipelineConfig { commit_mode: true, ..small_config(1, 64, 1 << 30) };
+    let (p, shared) = started(cfg);
+    shared.refuse_writes.store(1, Ordering::SeqCst);
+    let s = p.submit(traces_request(0, 1, 3, &[]));
+    assert_eq!(
+        s.commit.expect("commit mode gives a waiter").wait(),
+        Err(CommitError::Refused("injected refusal".into())),
+        "a refusal for good is not a retryable database failure"
+    );
+    // Counted as invalid input, not as unavailable; nothing stored, nothing spilled.
+    let st = p.stats().signal(Signal::Traces);
+    assert_eq!(st.rejected(RejectReason::Invalid), 3);
+    assert_eq!(st.rejected(RejectReason::Unavailable), 0);
+    assert_eq!(shared.spilled_items[0].load(Ordering::SeqCst), 0);
+    // The next request is stored.
+    let s = p.submit(traces_request(10, 1, 2, &[]));
+    assert_eq!(s.commit.unwrap().wait(), Ok(()));
+    assert_eq!(shared.spans().len(), 2);
+    p.stop();
+    assert_balanced(&p);
+}
+
+#[test]
 fn commit_mode_panic_answers_the_request_with_an_error() {
     let cfg = PipelineConfig { commit_mode: true, ..small_config(1, 64, 1 << 30) };
     let (p, shared) = started(cfg);

@@ -170,6 +170,9 @@ pub struct MemShared {
     pub group_sizes: Mutex<Vec<usize>>,
     /// Fail this many upcoming writes.
     pub fail_writes: AtomicUsize,
+    /// Refuse this many upcoming writes for good (`WriteError::Refused`: rows the database will
+    /// never take).
+    pub refuse_writes: AtomicUsize,
     /// Panic in this many upcoming writes.
     pub panic_writes: AtomicUsize,
     /// Fail every write of a group that holds a trace with this id (a poison batch).
@@ -233,6 +236,9 @@ impl BatchWriter for MemWriter {
         }
         if take_one(&self.shared.fail_writes) {
             return Err(WriteError::Database("injected failure".into()));
+        }
+        if take_one(&self.shared.refuse_writes) {
+            return Err(WriteError::Refused("injected refusal".into()));
         }
         if let Some(p) = *self.shared.poison_trace.lock().unwrap()
             && group.trace_rows().any(|t| t.trace_id == p)

@@ -314,7 +314,11 @@ impl BatchWriter for ClickHouseWriter {
             Err(e) => {
                 // The node is failing: give replay a rest before it tries again.
                 self.next_replay = Instant::now() + self.replay_backoff;
-                Err(WriteError::Database(e.to_string()))
+                if e.permanent() {
+                    Err(WriteError::Refused(e.to_string()))
+                } else {
+                    Err(WriteError::Database(e.to_string()))
+                }
             }
         }
     }

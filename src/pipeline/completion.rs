@@ -18,10 +18,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-/// Why a commit-mode request was not committed. All are retryable for the client (UNAVAILABLE /
-/// 503 with a retry delay).
+/// Why a commit-mode request was not committed. All but [`CommitError::Refused`] are retryable
+/// for the client (UNAVAILABLE / 503 with a retry delay); `Refused` is INVALID_ARGUMENT / 400.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CommitError {
+    /// The database refuses these rows for good (the same rows fail the same way again): a retry
+    /// cannot succeed, so the client is told not to retry.
+    #[error("the database refuses these rows: {0}")]
+    Refused(String),
     #[error("database write failed: {0}")]
     Database(String),
     #[error("writer panicked while writing the batch")]

@@ -26,7 +26,8 @@ pub enum RejectReason {
     TooLarge = 2,
     /// Stop has begun, or a commit-mode batch was left at the stop deadline.
     Stopping = 3,
-    /// Undecodable or invalid (counted by the server's decoder).
+    /// Undecodable or invalid (counted by the server's decoder), or, in commit mode, rows the
+    /// database refuses for good (the client got INVALID_ARGUMENT / 400).
     Invalid = 4,
     /// Commit mode: the database failed for this batch; the client was told to retry.
     Unavailable = 5,

@@ -46,9 +46,15 @@ pub const PAUSE_FULLNESS_SHARE: f64 = 0.5;
 /// Why a group could not be written or spilled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    /// The database refused the transaction (I/O error, disk full, read-only, constraint...).
+    /// The database refused the transaction for its state (I/O error, disk full, read-only, a
+    /// node down...): the same rows may succeed later.
     #[error("database error: {0}")]
     Database(String),
+    /// The database refuses these rows for good (a constraint, a value too big, a schema
+    /// mismatch): the same rows fail the same way again. Async batches still go to the DLQ, whose
+    /// replay isolates the refused units as poison; a commit-mode client is told not to retry.
+    #[error("database refuses the rows: {0}")]
+    Refused(String),
     /// The failure sink (DLQ) could not keep the batches.
     #[error("dead-letter queue error: {0}")]
     Spill(String),
@@ -413,7 +419,7 @@ impl Writer {
         let single = commit.len() > 1 || !spill.is_empty();
         for b in commit {
             if !single {
-                self.refused(b, RejectReason::Unavailable, commit_error(&err));
+                self.refused(b, reject_reason(&err), commit_error(&err));
                 continue;
             }
             let one = Group::from(vec![b]);
@@ -421,7 +427,7 @@ impl Writer {
                 Ok(()) => self.committed(one.into_batches()),
                 Err(e) => {
                     for b in one.into_batches() {
-                        self.refused(b, RejectReason::Unavailable, commit_error(&e));
+                        self.refused(b, reject_reason(&e), commit_error(&e));
                     }
                 }
             }
@@ -510,6 +516,16 @@ impl Writer {
 fn commit_error(e: &WriteError) -> CommitError {
     match e {
         WriteError::Panicked(_) => CommitError::Panicked,
+        WriteError::Refused(why) => CommitError::Refused(why.clone()),
         other => CommitError::Database(other.to_string()),
+    }
+}
+
+/// How the books count a commit-mode batch the database did not take: refused for good counts as
+/// invalid input (the client is told not to retry), anything else as unavailable (retry).
+fn reject_reason(e: &WriteError) -> RejectReason {
+    match e {
+        WriteError::Refused(_) => RejectReason::Invalid,
+        _ => RejectReason::Unavailable,
     }
 }

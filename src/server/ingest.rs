@@ -8,7 +8,7 @@ use crate::config::DecodeConfig;
 use crate::metrics::{FilterReason, Metrics, RequestRejectReason, Transport};
 use crate::otlp::{self, Encoding};
 use crate::pipeline::batch::Received;
-use crate::pipeline::{Outcome, Pipeline, Signal};
+use crate::pipeline::{CommitError, Outcome, Pipeline, Signal};
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -269,8 +269,12 @@ impl Ingest {
             Outcome::Stopped { .. } => return Err(Failure::Unavailable("server is stopping".into())),
         };
         if let Some(waiter) = submission.commit {
-            if let Err(e) = waiter.await {
-                return Err(Failure::Unavailable(format!("not committed: {e}")));
+            match waiter.await {
+                Ok(()) => {}
+                Err(e @ CommitError::Refused(_)) => {
+                    return Err(Failure::BadRequest(format!("not committed: {e}")));
+                }
+                Err(e) => return Err(Failure::Unavailable(format!("not committed: {e}"))),
             }
         }
         Ok(success)

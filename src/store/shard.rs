@@ -1391,6 +1391,7 @@ impl BatchWriter for ShardWriter {
                 // The database is failing: give replay a rest before it tries again.
                 self.next_replay = Instant::now() + self.replay_backoff;
                 match e {
+                    TxError::Sqlite(e) if is_permanent(&e) => Err(WriteError::Refused(e.to_string())),
                     TxError::Sqlite(e) => Err(WriteError::Database(e.to_string())),
                     TxError::Panicked(m) => Err(WriteError::Panicked(m)),
                 }
