@@ -34,6 +34,9 @@ pub fn encode(batches: &[Batch]) -> Vec<Body> {
 
 /// Bytes per row assumed for a table before any group was encoded.
 const FIRST_ROW_BYTES: usize = 512;
+/// Most bytes reserved for one body ahead of encoding: one group of unusually large rows must
+/// not make the next group reserve gigabytes (a body past it grows as it is written).
+pub const MAX_RESERVED_BODY_BYTES: usize = 64 << 20;
 
 /// A writer's encoder: keeps its buffers and each table's bytes per row between groups.
 #[derive(Debug)]
@@ -77,7 +80,9 @@ impl Encoder {
                 table,
                 rows: 0,
                 // 1/8 over the last group's size: a little growth costs no second copy.
-                bytes: Vec::with_capacity(n.saturating_mul(per_row + per_row / 8)),
+                bytes: Vec::with_capacity(
+                    n.saturating_mul(per_row + per_row / 8).min(MAX_RESERVED_BODY_BYTES),
+                ),
             })
             .collect();
         encode_into(&mut bodies, batches, &mut self.attrs);
@@ -756,6 +761,13 @@ mod tests {
             b.capacity(),
             b.len()
         );
+        // A group of huge rows does not make the next group reserve past the cap.
+        let mut huge = span_group(3, 1, &resource);
+        huge.spans[0].attributes = format!(r#"{{"blob":"{}"}}"#, "x".repeat(1 << 20));
+        enc.encode(&[Batch::new(0, Rows::Traces(vec![huge]), Received::now())]);
+        let after = enc.encode(&batch);
+        assert!(after[0].bytes.capacity() <= MAX_RESERVED_BODY_BYTES.max(after[0].bytes.len()));
+        assert!(after[0].bytes == first[0].bytes);
         // The resource's arrays were written for every row.
         let needle = attrs_of(&resource);
         assert_eq!(b.windows(needle.len()).filter(|w| *w == &needle[..]).count(), 100);
