@@ -351,9 +351,8 @@ fn commit_mode_waits_for_the_commit_and_a_failure_never_spills() {
     assert_eq!(count(dir.path(), 1, "SELECT count(*) FROM spans"), 6, "committed before the answer");
     faults.fail_next_commits(usize::MAX);
     let bad = p.submit(traces_request(10, 3, 2, &[])).commit.expect("waiter");
-    // The trigger's ABORT is a constraint failure: the same rows fail again, so the client is
-    // told not to retry (400 / INVALID_ARGUMENT), not UNAVAILABLE.
-    assert!(matches!(bad.wait(), Err(CommitError::Refused(_))));
+    // An I/O error is the database's state, not the rows': retryable (UNAVAILABLE).
+    assert!(matches!(bad.wait(), Err(CommitError::Database(_))));
     faults.fail_next_commits(0);
     let ok = p.submit(logs_request(0, 3, 9)).commit.expect("waiter");
     assert_eq!(ok.wait(), Ok(()));
