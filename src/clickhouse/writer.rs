@@ -22,12 +22,11 @@
 use super::client::{Node, NodeError};
 use super::rowbinary;
 use super::schema;
-use crate::pipeline::batch::{Batch, Signal};
-use crate::pipeline::stats::LostReason;
+use crate::pipeline::batch::Batch;
 use crate::pipeline::{BatchWriter, Group, Stats, WriteError};
 use crate::store::ShardGauges;
 use crate::store::dlq::ShardDlq;
-use crate::store::replay::{self, Outcome};
+use crate::store::replay::{self, Backoff, Outcome};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -106,10 +105,10 @@ pub struct ClickHouseWriter {
     linger: Duration,
     /// Keeps its buffers and each table's bytes per row from group to group.
     encoder: rowbinary::Encoder,
-    next_replay: Instant,
-    replay_backoff: Duration,
-    next_probe: Instant,
-    probe_backoff: Duration,
+    /// When the next DLQ replay is due.
+    replay: Backoff,
+    /// When the next probe is due while a readiness flag is set ([`replay::probes_due`]).
+    probe: Backoff,
     /// Poison units (first, last) of the file being replayed, by file id: found by an earlier
     /// attempt, already in `poison/`.
     poison_seen: Option<(String, Vec<(u64, u64)>)>,
@@ -133,7 +132,6 @@ impl ClickHouseWriter {
         stats: Arc<Stats>,
         gauges: Arc<ShardGauges>,
     ) -> Self {
-        let now = Instant::now();
         let w = Self {
             shard,
             node,
@@ -144,10 +142,8 @@ impl ClickHouseWriter {
             schema_ready,
             linger,
             encoder: rowbinary::Encoder::default(),
-            next_replay: now,
-            replay_backoff: REPLAY_MIN_BACKOFF,
-            next_probe: now,
-            probe_backoff: REPLAY_MIN_BACKOFF,
+            replay: Backoff::new(REPLAY_MIN_BACKOFF, REPLAY_MAX_BACKOFF),
+            probe: Backoff::new(REPLAY_MIN_BACKOFF, REPLAY_MAX_BACKOFF),
             poison_seen: None,
         };
         w.dlq.publish(&w.gauges);
@@ -190,73 +186,33 @@ impl ClickHouseWriter {
     /// One maintenance tick: replay (when due), probe (when due). Returns how soon the next one
     /// is wanted.
     fn tick(&mut self) -> Option<Duration> {
-        if !self.dlq.is_empty() && Instant::now() >= self.next_replay {
+        if !self.dlq.is_empty() && self.replay.is_due() {
             match self.replay_oldest() {
-                Outcome::Finished => self.replay_backoff = REPLAY_MIN_BACKOFF,
+                Outcome::Finished => self.replay.succeeded(),
                 Outcome::Failed => {
                     self.gauges.dlq_replay_failures.fetch_add(1, Ordering::Relaxed);
-                    self.next_replay = Instant::now() + self.replay_backoff;
-                    self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_MAX_BACKOFF);
+                    self.replay.failed();
                 }
             }
             self.dlq.publish(&self.gauges);
         }
-        if self.probes_due() && Instant::now() >= self.next_probe {
-            self.probe();
+        if replay::probes_due(&self.stats, self.shard, &self.dlq) && self.probe.is_due() {
+            let (shard, stats) = (self.shard, Arc::clone(&self.stats));
+            if replay::probe(self, shard, &stats) {
+                self.probe.succeeded();
+            } else {
+                self.probe.failed();
+            }
         }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         if !self.dlq.is_empty() {
-            next = Some(self.next_replay);
+            next = Some(self.replay.next());
         }
-        if self.probes_due() {
-            next = Some(next.map_or(self.next_probe, |n| n.min(self.next_probe)));
+        if replay::probes_due(&self.stats, self.shard, &self.dlq) {
+            next = Some(next.map_or(self.probe.next(), |n| n.min(self.probe.next())));
         }
         next.map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)))
-    }
-
-    /// A readiness flag nothing else will clear: the DLQ disk failed, or the node failed and no
-    /// DLQ file's replay will retry it.
-    fn probes_due(&self) -> bool {
-        let st = &self.stats;
-        st.dlq_failing.get(self.shard) || (st.db_failing.get(self.shard) && self.dlq.is_empty())
-    }
-
-    fn probe(&mut self) {
-        let mut failing = false;
-        if self.stats.dlq_failing.get(self.shard) {
-            match self.dlq.probe() {
-                Ok(()) => self.stats.dlq_failing.set(self.shard, false),
-                Err(e) => {
-                    tracing::debug!(shard = self.shard, error = %e, "dlq probe failed");
-                    failing = true;
-                }
-            }
-        }
-        if self.stats.db_failing.get(self.shard) && self.dlq.is_empty() {
-            let ok = self.node.ping().and_then(|()| {
-                if self.schema_ready {
-                    Ok(())
-                } else {
-                    ensure_schema(&self.node, &self.target).map(|()| self.schema_ready = true).map_err(|e| {
-                        NodeError::Connect { node: self.node.url().to_owned(), message: e.to_string() }
-                    })
-                }
-            });
-            match ok {
-                Ok(()) => self.stats.db_failing.set(self.shard, false),
-                Err(e) => {
-                    tracing::debug!(shard = self.shard, error = %e, "clickhouse probe failed");
-                    failing = true;
-                }
-            }
-        }
-        if failing {
-            self.next_probe = Instant::now() + self.probe_backoff;
-            self.probe_backoff = (self.probe_backoff * 2).min(REPLAY_MAX_BACKOFF);
-        } else {
-            self.probe_backoff = REPLAY_MIN_BACKOFF;
-        }
     }
 
     /// One attempt at the oldest DLQ file (see `crate::store::replay`; this writer's part is
@@ -274,6 +230,16 @@ impl ClickHouseWriter {
 impl replay::Sink for ClickHouseWriter {
     fn dlq(&mut self) -> &mut ShardDlq {
         &mut self.dlq
+    }
+
+    /// Pings the node, and creates its tables when they were missing.
+    fn probe_database(&mut self) -> Result<(), String> {
+        self.node.ping().map_err(|e| e.to_string())?;
+        if !self.schema_ready {
+            ensure_schema(&self.node, &self.target).map_err(|e| e.to_string())?;
+            self.schema_ready = true;
+        }
+        Ok(())
     }
 
     /// The poison units an earlier attempt found in `file`; nothing is ever stored for good.
@@ -313,7 +279,7 @@ impl BatchWriter for ClickHouseWriter {
             Ok(()) => Ok(()),
             Err(e) => {
                 // The node is failing: give replay a rest before it tries again.
-                self.next_replay = Instant::now() + self.replay_backoff;
+                self.replay.postpone();
                 if e.permanent() {
                     Err(WriteError::Refused(e.to_string()))
                 } else {
@@ -324,22 +290,7 @@ impl BatchWriter for ClickHouseWriter {
     }
 
     fn spill(&mut self, batches: &[Batch], cause: &WriteError) -> Result<(), WriteError> {
-        let spilled = self.dlq.spill(batches, &cause.to_string());
-        for old in self.dlq.take_evicted() {
-            self.gauges.dlq_evicted_files.fetch_add(1, Ordering::Relaxed);
-            for s in Signal::ALL {
-                let n = old.items[s.index()];
-                let st = self.stats.signal(s);
-                st.add_lost(LostReason::DlqEvicted, n);
-                st.dlq_pending_items.fetch_sub(n as i64, Ordering::Relaxed);
-            }
-        }
-        if spilled.is_ok() {
-            self.gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
-        }
-        self.stats.dlq_failing.set(self.shard, spilled.is_err());
-        self.dlq.publish(&self.gauges);
-        spilled.map(drop).map_err(|e| WriteError::Spill(e.to_string()))
+        self.dlq.spill_booked(batches, cause, self.shard, &self.stats, &self.gauges)
     }
 
     fn maintain(&mut self) -> Option<Duration> {

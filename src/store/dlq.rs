@@ -1066,6 +1066,39 @@ impl ShardDlq {
         std::mem::take(&mut self.evicted)
     }
 
+    /// A sink's [`crate::pipeline::BatchWriter::spill`]: writes `batches` as one file and moves
+    /// shard `shard`'s books and gauges. Files evicted to make room are booked lost
+    /// (`dlq_evicted`) even when the write then fails (they are gone either way; the group stays
+    /// with the writer loop); `dlq_failing` follows the write's result.
+    pub fn spill_booked(
+        &mut self,
+        batches: &[Batch],
+        cause: &crate::pipeline::WriteError,
+        shard: usize,
+        stats: &crate::pipeline::Stats,
+        gauges: &ShardGauges,
+    ) -> Result<(), crate::pipeline::WriteError> {
+        use crate::pipeline::batch::Signal;
+        use crate::pipeline::stats::LostReason;
+        use std::sync::atomic::Ordering;
+        let spilled = self.spill(batches, &cause.to_string());
+        for old in self.take_evicted() {
+            gauges.dlq_evicted_files.fetch_add(1, Ordering::Relaxed);
+            for s in Signal::ALL {
+                let n = old.items[s.index()];
+                let st = stats.signal(s);
+                st.add_lost(LostReason::DlqEvicted, n);
+                st.dlq_pending_items.fetch_sub(n as i64, Ordering::Relaxed);
+            }
+        }
+        if spilled.is_ok() {
+            gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.dlq_failing.set(shard, spilled.is_err());
+        self.publish(gauges);
+        spilled.map(drop).map_err(|e| crate::pipeline::WriteError::Spill(e.to_string()))
+    }
+
     /// Forgets the oldest file without touching the disk (it is already gone).
     pub fn forget_oldest(&mut self) -> Option<Entry> {
         self.files.pop_front()

@@ -1,5 +1,10 @@
-//! The replay of a shard's oldest DLQ file, one routine for both sinks (the SQLite shard writer
-//! and the ClickHouse writer); what differs between them is behind [`Sink`].
+//! How a shard writer recovers after failures, one routine for both sinks (the SQLite shard
+//! writer and the ClickHouse writer); what differs between them is behind [`Sink`]:
+//! - [`replay_oldest`]: the replay of the shard's oldest DLQ file (below);
+//! - [`probe`]: while a readiness flag is set that nothing else will clear ([`probes_due`]), the
+//!   failing DLQ disk and / or database is tried again, so `/readyz` recovers without traffic;
+//! - [`Backoff`]: when replays and probes are tried again (doubling from a minimum to a maximum
+//!   while they fail).
 //!
 //! One call of [`replay_oldest`] is one attempt at the oldest file of the shard's [`ShardDlq`]:
 //! - a damaged file is set aside in `corrupt/`, a missing one forgotten; either way its items
@@ -28,6 +33,76 @@ use crate::pipeline::Stats;
 use crate::pipeline::batch::{Batch, Signal};
 use crate::pipeline::stats::LostReason;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// When a failed replay or probe is tried again: after the current delay, which starts at `min`,
+/// doubles with each failure up to `max` and returns to `min` after a success.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Instant,
+    delay: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Due at once.
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Self { next: Instant::now(), delay: min, min, max }
+    }
+    pub(crate) fn is_due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+    /// When the next attempt is due.
+    pub(crate) fn next(&self) -> Instant {
+        self.next
+    }
+    /// An attempt failed: the next waits the current delay, and the delay doubles.
+    pub(crate) fn failed(&mut self) {
+        self.postpone();
+        self.delay = (self.delay * 2).min(self.max);
+    }
+    /// An attempt succeeded: the next failure waits `min` again.
+    pub(crate) fn succeeded(&mut self) {
+        self.delay = self.min;
+    }
+    /// Something else failed (a write to the same database): the next attempt waits the current
+    /// delay, which does not grow.
+    pub(crate) fn postpone(&mut self) {
+        self.next = Instant::now() + self.delay;
+    }
+}
+
+/// True while a readiness flag of shard `shard` is set that nothing else will clear: the DLQ
+/// disk failed, or the database failed and no DLQ file's replay will retry it.
+pub(crate) fn probes_due(stats: &Stats, shard: usize, dlq: &ShardDlq) -> bool {
+    stats.dlq_failing.get(shard) || (stats.db_failing.get(shard) && dlq.is_empty())
+}
+
+/// Tries the failing DLQ disk and / or database of shard `shard` again and clears each flag
+/// that succeeds. Returns false while either still fails (the caller backs off).
+pub(crate) fn probe<S: Sink>(sink: &mut S, shard: usize, stats: &Stats) -> bool {
+    let mut ok = true;
+    if stats.dlq_failing.get(shard) {
+        match sink.dlq().probe() {
+            Ok(()) => stats.dlq_failing.set(shard, false),
+            Err(e) => {
+                tracing::debug!(shard, error = %e, "dlq probe failed");
+                ok = false;
+            }
+        }
+    }
+    if stats.db_failing.get(shard) && sink.dlq().is_empty() {
+        match sink.probe_database() {
+            Ok(()) => stats.db_failing.set(shard, false),
+            Err(e) => {
+                tracing::debug!(shard, error = %e, "database probe failed");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
 
 /// Result of one replay attempt on the oldest DLQ file.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,8 +147,11 @@ impl std::fmt::Display for Refused {
     }
 }
 
-/// A sink's part of a replay.
+/// A sink's part of a replay and of the probes.
 pub(crate) trait Sink {
+    /// Tries the database with a write that fails as a group's would (the probe of a shard whose
+    /// database failed while nothing is left to replay).
+    fn probe_database(&mut self) -> Result<(), String>;
     /// The shard's DLQ.
     fn dlq(&mut self) -> &mut ShardDlq;
     /// What earlier attempts at file `file` settled. An error means the sink cannot tell now: the
@@ -267,6 +345,29 @@ fn uncovered(a: u64, b: u64, covered: &[(u64, u64)]) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_maximum_and_a_success_resets_it() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(350));
+        assert!(b.is_due(), "due at once");
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let before = Instant::now();
+            b.failed();
+            waits.push(b.next().saturating_duration_since(before));
+        }
+        // 100, 200, 350 (capped), 350; each measured from just before the call.
+        for (w, want) in waits.iter().zip([100, 200, 350, 350]) {
+            assert!(*w >= ms(want) && *w < ms(want + 50), "{waits:?}");
+        }
+        assert!(!b.is_due());
+        b.succeeded();
+        let before = Instant::now();
+        b.postpone();
+        let w = b.next().saturating_duration_since(before);
+        assert!(w >= ms(100) && w < ms(150), "a success resets the delay: {w:?}");
+    }
 
     #[test]
     fn uncovered_ranges() {

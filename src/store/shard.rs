@@ -41,14 +41,13 @@
 
 use super::catalog::{Catalog, SegmentInfo};
 use super::dlq::ShardDlq;
-use super::replay::{self, Outcome};
+use super::replay::{self, Backoff, Outcome};
 use super::schema;
 use super::segment::{self, Extent, SpanKeys};
 use super::{Faults, ShardGauges, StoreError};
 use crate::pipeline::batch::{
-    Batch, LogRow, MetricPointRow, NumberValue, Rows, Signal, SpanId, SpanRow, StatusCode, TraceId,
+    Batch, LogRow, MetricPointRow, NumberValue, Rows, SpanId, SpanRow, StatusCode, TraceId,
 };
-use crate::pipeline::stats::LostReason;
 use crate::pipeline::{BatchWriter, Group, Stats, WriteError};
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Statement};
@@ -755,11 +754,11 @@ pub struct ShardWriter {
     gauges: Arc<ShardGauges>,
     faults: Arc<Faults>,
     dlq: ShardDlq,
-    next_replay: Instant,
-    replay_backoff: Duration,
-    /// Next database / DLQ probe while this shard's readiness flags are set, and its backoff.
-    next_probe: Instant,
-    probe_backoff: Duration,
+    /// When the next DLQ replay is due.
+    replay: Backoff,
+    /// When the next database / DLQ probe is due while this shard's readiness flags are set
+    /// ([`replay::probes_due`]).
+    probe: Backoff,
     next_retention: Instant,
     last_wal_warn: Option<Instant>,
     /// Injected statements already run ([`Faults::run_sql`]).
@@ -806,10 +805,8 @@ impl ShardWriter {
             gauges,
             faults,
             dlq,
-            next_replay: now,
-            replay_backoff: REPLAY_MIN_BACKOFF,
-            next_probe: now,
-            probe_backoff: REPLAY_MIN_BACKOFF,
+            replay: Backoff::new(REPLAY_MIN_BACKOFF, REPLAY_MAX_BACKOFF),
+            probe: Backoff::new(REPLAY_MIN_BACKOFF, REPLAY_MAX_BACKOFF),
             next_retention: now,
             last_wal_warn: None,
             faults_seen: 0,
@@ -922,18 +919,16 @@ impl ShardWriter {
     /// One maintenance tick: DLQ replay (when due), retention (when due), WAL truncation.
     /// Returns how soon the next tick is wanted.
     fn tick(&mut self) -> Option<Duration> {
-        let now = Instant::now();
-        if !self.dlq.is_empty() && now >= self.next_replay {
+        if !self.dlq.is_empty() && self.replay.is_due() {
             for _ in 0..REPLAY_FILES_PER_TICK {
                 if self.dlq.is_empty() {
                     break;
                 }
                 match self.replay_oldest() {
-                    Outcome::Finished => self.replay_backoff = REPLAY_MIN_BACKOFF,
+                    Outcome::Finished => self.replay.succeeded(),
                     Outcome::Failed => {
                         self.gauges.dlq_replay_failures.fetch_add(1, Ordering::Relaxed);
-                        self.next_replay = Instant::now() + self.replay_backoff;
-                        self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_MAX_BACKOFF);
+                        self.replay.failed();
                         break;
                     }
                 }
@@ -957,14 +952,19 @@ impl ShardWriter {
         if self.gauges.wal_bytes.load(Ordering::Relaxed) > wal_limit {
             self.checkpoint_truncate();
         }
-        if self.probes_due() && Instant::now() >= self.next_probe {
-            self.probe();
+        if replay::probes_due(&self.stats, self.shard, &self.dlq) && self.probe.is_due() {
+            let (shard, stats) = (self.shard, Arc::clone(&self.stats));
+            if replay::probe(self, shard, &stats) {
+                self.probe.succeeded();
+            } else {
+                self.probe.failed();
+            }
         }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut due = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         if !self.dlq.is_empty() {
-            due(self.next_replay);
+            due(self.replay.next());
         }
         if self.limits.retention > Duration::ZERO || self.limits.retention_bytes > 0 || self.sealing.is_some()
         {
@@ -976,54 +976,17 @@ impl ShardWriter {
             // A reader kept the WAL from being truncated: try again while idle too.
             due(now + WAL_TRUNCATE_RETRY);
         }
-        if self.probes_due() {
+        if replay::probes_due(&self.stats, self.shard, &self.dlq) {
             // A flag nothing else will clear: probe again while idle too.
-            due(self.next_probe);
+            due(self.probe.next());
         }
         next.map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)))
-    }
-
-    /// True while a readiness flag of this shard is set that nothing else will clear: the DLQ
-    /// disk failed, or the database failed and there is no DLQ file whose replay would retry it.
-    fn probes_due(&self) -> bool {
-        let st = &self.stats;
-        st.dlq_failing.get(self.shard) || (st.db_failing.get(self.shard) && self.dlq.is_empty())
-    }
-
-    /// Retries the failing database and / or DLQ disk of this shard; clears each flag that
-    /// succeeds; backs off (like the replay) while either still fails.
-    fn probe(&mut self) {
-        let mut failing = false;
-        if self.stats.dlq_failing.get(self.shard) {
-            match self.dlq.probe() {
-                Ok(()) => self.stats.dlq_failing.set(self.shard, false),
-                Err(e) => {
-                    tracing::debug!(shard = self.shard, error = %e, "dlq probe failed");
-                    failing = true;
-                }
-            }
-        }
-        if self.stats.db_failing.get(self.shard) && self.dlq.is_empty() {
-            match self.probe_database() {
-                Ok(()) => self.stats.db_failing.set(self.shard, false),
-                Err(e) => {
-                    tracing::debug!(shard = self.shard, error = %e, "database probe failed");
-                    failing = true;
-                }
-            }
-        }
-        if failing {
-            self.next_probe = Instant::now() + self.probe_backoff;
-            self.probe_backoff = (self.probe_backoff * 2).min(REPLAY_MAX_BACKOFF);
-        } else {
-            self.probe_backoff = REPLAY_MIN_BACKOFF;
-        }
     }
 
     /// Writes and removes the [`PROBE_ID`] row of `dlq_applied` in one transaction: the pages it
     /// touches are written to the WAL at COMMIT, so this fails like a group would while the
     /// disk is full or the file read-only. Counts as a transaction for [`Faults`].
-    fn probe_database(&mut self) -> rusqlite::Result<()> {
+    fn probe_transaction(&mut self) -> rusqlite::Result<()> {
         self.prepare();
         let conn = &self.active.conn;
         let run = || -> rusqlite::Result<()> {
@@ -1315,6 +1278,10 @@ impl replay::Sink for ShardWriter {
         &mut self.dlq
     }
 
+    fn probe_database(&mut self) -> Result<(), String> {
+        self.probe_transaction().map_err(|e| e.to_string())
+    }
+
     /// The file's `dlq_applied` records: the whole file, committed parts, poison units.
     fn settled(&mut self, file: &str) -> Result<replay::Settled, String> {
         let parts = self.applied_parts(file).map_err(|e| e.to_string())?;
@@ -1389,7 +1356,7 @@ impl BatchWriter for ShardWriter {
             Ok(()) => Ok(()),
             Err(e) => {
                 // The database is failing: give replay a rest before it tries again.
-                self.next_replay = Instant::now() + self.replay_backoff;
+                self.replay.postpone();
                 match e {
                     TxError::Sqlite(e) if is_permanent(&e) => Err(WriteError::Refused(e.to_string())),
                     TxError::Sqlite(e) => Err(WriteError::Database(e.to_string())),
@@ -1400,24 +1367,7 @@ impl BatchWriter for ShardWriter {
     }
 
     fn spill(&mut self, batches: &[Batch], cause: &WriteError) -> Result<(), WriteError> {
-        let spilled = self.dlq.spill(batches, &cause.to_string());
-        // Evictions happen before the write: book them even when the write then failed (the
-        // files are gone either way; the group itself stays with the writer loop).
-        for old in self.dlq.take_evicted() {
-            self.gauges.dlq_evicted_files.fetch_add(1, Ordering::Relaxed);
-            for s in Signal::ALL {
-                let n = old.items[s.index()];
-                let st = self.stats.signal(s);
-                st.add_lost(LostReason::DlqEvicted, n);
-                st.dlq_pending_items.fetch_sub(n as i64, Ordering::Relaxed);
-            }
-        }
-        if spilled.is_ok() {
-            self.gauges.dlq_spilled_files.fetch_add(1, Ordering::Relaxed);
-        }
-        self.stats.dlq_failing.set(self.shard, spilled.is_err());
-        self.dlq.publish(&self.gauges);
-        spilled.map(drop).map_err(|e| WriteError::Spill(e.to_string()))
+        self.dlq.spill_booked(batches, cause, self.shard, &self.stats, &self.gauges)
     }
 
     fn maintain(&mut self) -> Option<Duration> {
