@@ -196,14 +196,8 @@ impl ClickHouseWriter {
             }
             self.dlq.publish(&self.gauges);
         }
-        if replay::probes_due(&self.stats, self.shard, &self.dlq) && self.probe.is_due() {
-            let (shard, stats) = (self.shard, Arc::clone(&self.stats));
-            if replay::probe(self, shard, &stats) {
-                self.probe.succeeded();
-            } else {
-                self.probe.failed();
-            }
-        }
+        let (shard, stats) = (self.shard, Arc::clone(&self.stats));
+        replay::probe_when_due(self, shard, &stats);
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         if !self.dlq.is_empty() {
@@ -230,6 +224,10 @@ impl ClickHouseWriter {
 impl replay::Sink for ClickHouseWriter {
     fn dlq(&mut self) -> &mut ShardDlq {
         &mut self.dlq
+    }
+
+    fn probe_backoff(&mut self) -> &mut Backoff {
+        &mut self.probe
     }
 
     /// Pings the node, and creates its tables when they were missing.

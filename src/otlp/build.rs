@@ -379,7 +379,7 @@ impl<'c> TracesBuilder<'c> {
     }
 
     /// Ends the current span: an ERROR span without an `exception` event gets one ERROR log
-    /// (its status message, or "span '<name>' failed"). Called by `span` and `finish` too.
+    /// (its status message, or `span '<name>' failed`). Called by `span` and `finish` too.
     pub fn end_span(&mut self) -> Result<(), DecodeError> {
         let Some(cur) = self.cur.take() else {
             return Ok(());

@@ -1,8 +1,9 @@
 //! How a shard writer recovers after failures, one routine for both sinks (the SQLite shard
 //! writer and the ClickHouse writer); what differs between them is behind [`Sink`]:
 //! - [`replay_oldest`]: the replay of the shard's oldest DLQ file (below);
-//! - [`probe`]: while a readiness flag is set that nothing else will clear ([`probes_due`]), the
-//!   failing DLQ disk and / or database is tried again, so `/readyz` recovers without traffic;
+//! - [`probe_when_due`]: while a readiness flag is set that nothing else will clear
+//!   ([`probes_due`]), the failing DLQ disk and / or database is tried again, so `/readyz`
+//!   recovers without traffic;
 //! - [`Backoff`]: when replays and probes are tried again (doubling from a minimum to a maximum
 //!   while they fail).
 //!
@@ -79,9 +80,22 @@ pub(crate) fn probes_due(stats: &Stats, shard: usize, dlq: &ShardDlq) -> bool {
     stats.dlq_failing.get(shard) || (stats.db_failing.get(shard) && dlq.is_empty())
 }
 
+/// When [`probes_due`] and the sink's [`Sink::probe_backoff`] is due: tries the failing DLQ
+/// disk and / or database again, then backs off while either still fails.
+pub(crate) fn probe_when_due<S: Sink>(sink: &mut S, shard: usize, stats: &Stats) {
+    if !probes_due(stats, shard, sink.dlq()) || !sink.probe_backoff().is_due() {
+        return;
+    }
+    if probe(sink, shard, stats) {
+        sink.probe_backoff().succeeded();
+    } else {
+        sink.probe_backoff().failed();
+    }
+}
+
 /// Tries the failing DLQ disk and / or database of shard `shard` again and clears each flag
-/// that succeeds. Returns false while either still fails (the caller backs off).
-pub(crate) fn probe<S: Sink>(sink: &mut S, shard: usize, stats: &Stats) -> bool {
+/// that succeeds. Returns false while either still fails.
+fn probe<S: Sink>(sink: &mut S, shard: usize, stats: &Stats) -> bool {
     let mut ok = true;
     if stats.dlq_failing.get(shard) {
         match sink.dlq().probe() {
@@ -152,6 +166,8 @@ pub(crate) trait Sink {
     /// Tries the database with a write that fails as a group's would (the probe of a shard whose
     /// database failed while nothing is left to replay).
     fn probe_database(&mut self) -> Result<(), String>;
+    /// When the next probe is due.
+    fn probe_backoff(&mut self) -> &mut Backoff;
     /// The shard's DLQ.
     fn dlq(&mut self) -> &mut ShardDlq;
     /// What earlier attempts at file `file` settled. An error means the sink cannot tell now: the

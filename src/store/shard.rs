@@ -952,14 +952,8 @@ impl ShardWriter {
         if self.gauges.wal_bytes.load(Ordering::Relaxed) > wal_limit {
             self.checkpoint_truncate();
         }
-        if replay::probes_due(&self.stats, self.shard, &self.dlq) && self.probe.is_due() {
-            let (shard, stats) = (self.shard, Arc::clone(&self.stats));
-            if replay::probe(self, shard, &stats) {
-                self.probe.succeeded();
-            } else {
-                self.probe.failed();
-            }
-        }
+        let (shard, stats) = (self.shard, Arc::clone(&self.stats));
+        replay::probe_when_due(self, shard, &stats);
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut due = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
@@ -1276,6 +1270,10 @@ impl Drop for ShardWriter {
 impl replay::Sink for ShardWriter {
     fn dlq(&mut self) -> &mut ShardDlq {
         &mut self.dlq
+    }
+
+    fn probe_backoff(&mut self) -> &mut Backoff {
+        &mut self.probe
     }
 
     fn probe_database(&mut self) -> Result<(), String> {
