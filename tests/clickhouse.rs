@@ -82,6 +82,35 @@ fn spans_per_trace(c: &Cluster) -> HashMap<String, u64> {
         .collect()
 }
 
+/// Every trace of `traces` has exactly `spans` spans visible with FINAL.
+fn assert_traces_complete(c: &Cluster, traces: impl IntoIterator<Item = u64>, spans: u64, what: &str) {
+    let per_trace = spans_per_trace(c);
+    for n in traces {
+        assert_eq!(per_trace.get(&format!("{n:032x}")).copied(), Some(spans), "{what} trace {n}");
+    }
+}
+
+/// Posts traces `first..first + count` of `spans` spans each, one after another, over OTLP/JSON;
+/// each must be acknowledged whole (200 `{}`). Returns their numbers.
+fn post_acked_traces(
+    rt: &tokio::runtime::Runtime,
+    http: SocketAddr,
+    first: u64,
+    count: u64,
+    spans: u64,
+) -> Vec<u64> {
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut acked = Vec::new();
+        for n in first..first + count {
+            let (s, _, body) = post_json(&client, http, "/v1/traces", load_trace(n, spans)).await.unwrap();
+            assert_eq!((s, body.as_str()), (200, "{}"));
+            acked.push(n);
+        }
+        acked
+    })
+}
+
 /// No item is visible twice: rows with FINAL = distinct identities.
 fn assert_no_visible_duplicates(c: &Cluster) {
     let finals = c.count("SELECT count() FROM otel.otel_traces FINAL");
@@ -286,14 +315,7 @@ fn ch_node_killed_under_load_and_restarted_nothing_acknowledged_lost_no_duplicat
     assert!(ok, "{}", o.stderr_text());
     assert_balanced(&books);
     assert_eq!(books[0].lost, 0);
-    let per_trace = spans_per_trace(&cluster);
-    for n in &acked {
-        assert_eq!(
-            per_trace.get(&format!("{n:032x}")).copied(),
-            Some(20),
-            "acknowledged trace {n} incomplete"
-        );
-    }
+    assert_traces_complete(&cluster, acked.iter().copied(), 20, "acknowledged");
     let physical = cluster.count("SELECT count() FROM otel.otel_traces");
     let visible = cluster.count("SELECT count() FROM otel.otel_traces FINAL");
     assert!(physical >= visible + 20 * 20, "the resent spans are stored again ({physical} vs {visible})");
@@ -368,10 +390,7 @@ fn ch_commit_mode_while_a_node_is_down_answers_unavailable_then_stores_the_retri
             }
         }
     });
-    let per_trace = spans_per_trace(&cluster);
-    for (n, _, _) in &answers {
-        assert_eq!(per_trace.get(&format!("{n:032x}")).copied(), Some(3), "trace {n} after its retry");
-    }
+    assert_traces_complete(&cluster, answers.iter().map(|a| a.0), 3, "after its retry:");
     let (ok, books) = o.stop();
     assert!(ok, "{}", o.stderr_text());
     assert_balanced(&books);
@@ -437,10 +456,7 @@ fn ch_sigterm_under_load_books_balance_and_persisted_equals_rows_in_the_cluster(
     assert_eq!(books[0].lost + books[1].lost, 0);
     assert_eq!(books[0].persisted, cluster.count("SELECT count() FROM otel.otel_traces FINAL"));
     assert_eq!(books[1].persisted, cluster.count("SELECT count() FROM otel.otel_logs FINAL"));
-    let per_trace = spans_per_trace(&cluster);
-    for n in acked.lock().unwrap().iter() {
-        assert_eq!(per_trace.get(&format!("{n:032x}")).copied(), Some(20), "acknowledged trace {n}");
-    }
+    assert_traces_complete(&cluster, acked.lock().unwrap().iter().copied(), 20, "acknowledged");
     assert_no_visible_duplicates(&cluster);
 }
 
@@ -464,15 +480,12 @@ fn ch_commit_mode_kill_9_under_load_loses_nothing_acknowledged() {
         rt.block_on(c).unwrap();
     }
     // A commit-mode 200 is sent only after every node acknowledged the group's inserts.
-    let acked = acked.lock().unwrap().clone();
-    let per_trace = spans_per_trace(&cluster);
-    for n in &acked {
-        assert_eq!(
-            per_trace.get(&format!("{n:032x}")).copied(),
-            Some(20),
-            "acknowledged trace {n} after kill -9"
-        );
-    }
+    assert_traces_complete(
+        &cluster,
+        acked.lock().unwrap().iter().copied(),
+        20,
+        "after kill -9: acknowledged",
+    );
     assert_no_visible_duplicates(&cluster);
 }
 
@@ -690,17 +703,7 @@ fn ch_a_node_down_at_start_is_set_up_later_and_gets_its_rows_from_the_dlq() {
     let mut o = Otelring::start(&cluster, &[]);
     let rt = runtime();
     let http = o.http;
-    let acked: Vec<u64> = rt.block_on(async {
-        let client = reqwest::Client::new();
-        let mut acked = Vec::new();
-        for n in 0..30u64 {
-            let (s, _, body) =
-                post_json(&client, http, "/v1/traces", load_trace(3_000_000 + n, 4)).await.unwrap();
-            assert_eq!((s, body.as_str()), (200, "{}"));
-            acked.push(3_000_000 + n);
-        }
-        acked
-    });
+    let acked = post_acked_traces(&rt, http, 3_000_000, 30, 4);
     // (The writer marks the node failing before its spill has written the DLQ file: wait for
     // both.)
     wait_for(
@@ -716,10 +719,7 @@ fn ch_a_node_down_at_start_is_set_up_later_and_gets_its_rows_from_the_dlq() {
     assert!(ok, "{}", o.stderr_text());
     assert_balanced(&books);
     assert_eq!(cluster.try_query_node(1, "EXISTS TABLE otel.otel_traces_local").unwrap().trim(), "1");
-    let per_trace = spans_per_trace(&cluster);
-    for n in &acked {
-        assert_eq!(per_trace.get(&format!("{n:032x}")).copied(), Some(4), "trace {n}");
-    }
+    assert_traces_complete(&cluster, acked, 4, "replayed");
     assert_eq!(books[0].persisted, cluster.count("SELECT count() FROM otel.otel_traces FINAL"));
 }
 
@@ -795,17 +795,7 @@ fn ch_a_hanging_node_times_out_into_the_dlq_and_the_double_insert_stays_invisibl
         cluster.try_query_node(i, "SYSTEM STOP MERGES").unwrap();
     }
     cluster.nodes[1].signal("STOP");
-    let acked: Vec<u64> = rt.block_on(async {
-        let client = reqwest::Client::new();
-        let mut acked = Vec::new();
-        for n in 0..20u64 {
-            let (s, _, body) =
-                post_json(&client, http, "/v1/traces", load_trace(4_000_000 + n, 5)).await.unwrap();
-            assert_eq!((s, body.as_str()), (200, "{}"));
-            acked.push(4_000_000 + n);
-        }
-        acked
-    });
+    let acked = post_acked_traces(&rt, http, 4_000_000, 20, 5);
     wait_for(Duration::from_secs(15), "/readyz 503 and a DLQ file while node 1 hangs", || {
         get_status(&rt, http, "/readyz") == 503 && metric(&rt, http, "otelring_dlq_files") > 0.0
     });
@@ -816,10 +806,7 @@ fn ch_a_hanging_node_times_out_into_the_dlq_and_the_double_insert_stays_invisibl
     let (ok, books) = o.stop();
     assert!(ok, "{}", o.stderr_text());
     assert_balanced(&books);
-    let per_trace = spans_per_trace(&cluster);
-    for n in &acked {
-        assert_eq!(per_trace.get(&format!("{n:032x}")).copied(), Some(5), "trace {n}");
-    }
+    assert_traces_complete(&cluster, acked, 5, "replayed");
     let visible = cluster.count("SELECT count() FROM otel.otel_traces FINAL");
     assert_eq!(books[0].persisted, visible);
     let physical = cluster.count("SELECT count() FROM otel.otel_traces");
