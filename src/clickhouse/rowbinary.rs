@@ -26,12 +26,6 @@ pub struct Body {
     pub bytes: Vec<u8>,
 }
 
-/// Every non-empty table body of `batches`, in [`schema::TABLES`] order (a one-off
-/// [`Encoder`]).
-pub fn encode(batches: &[Batch]) -> Vec<Body> {
-    Encoder::default().encode(batches)
-}
-
 /// Bytes per row assumed for a table before any group was encoded.
 const FIRST_ROW_BYTES: usize = 512;
 /// Most bytes reserved for one body ahead of encoding: one group of unusually large rows must
@@ -752,7 +746,7 @@ mod tests {
         assert_eq!(first.len(), 1, "spans only");
         assert_eq!((first[0].rows, second[0].rows), (100, 100));
         assert!(first[0].bytes == second[0].bytes, "sizing changed the bytes");
-        assert!(encode(&batch)[0].bytes == first[0].bytes, "a one-off encoder differs");
+        assert!(Encoder::default().encode(&batch)[0].bytes == first[0].bytes, "a fresh encoder differs");
         // Sized from the first group's bytes per row: the body was not regrown.
         let b = &second[0].bytes;
         assert!(
