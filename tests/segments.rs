@@ -5,8 +5,8 @@
 
 use crate::util::*;
 use otelring::config::StoreConfig;
-use otelring::pipeline::batch::{Batch, Received, Rows, SpanId, StatusCode, TraceGroup};
-use otelring::pipeline::{BatchWriter, Group, Stats};
+use otelring::pipeline::batch::{Rows, SpanId, StatusCode, TraceGroup};
+use otelring::pipeline::{BatchWriter, Stats};
 use otelring::store::{self, ShardGauges, ShardWriter, Store, catalog::Catalog, schema, segment, sql};
 use rusqlite::Connection;
 use std::path::Path;
@@ -19,18 +19,6 @@ fn open_writer(dir: &Path, cfg: Option<StoreConfig>) -> (ShardWriter, Arc<ShardG
     let st = Store::open(&cfg, 1, Arc::new(Stats::new())).expect("open store");
     let g = st.gauges().remove(0);
     (st.into_shard_writers().pop().expect("one writer"), g)
-}
-
-fn group(rows: Vec<Rows>, at: i64) -> Group {
-    Group::from(
-        rows.into_iter()
-            .map(|r| Batch::new(0, r, Received { instant: std::time::Instant::now(), unix_nano: at }))
-            .collect::<Vec<_>>(),
-    )
-}
-
-fn now_ns() -> i64 {
-    Received::now().unix_nano
 }
 
 /// `SELECT count(*)`-like query through `otelring sql`'s views (every segment).
@@ -46,20 +34,20 @@ fn error_trace(n: u64, spans: usize) -> Rows {
 fn a_retry_across_one_rotation_is_stored_once_with_its_derived_log_once() {
     let dir = tempfile::tempdir().unwrap();
     let (mut w, gauges) = open_writer(dir.path(), None);
-    w.write(&group(vec![error_trace(1, 4)], now_ns())).unwrap();
+    w.write(&group_of(vec![error_trace(1, 4)], now_ns())).unwrap();
     let first = w.active_segment().to_owned();
     w.rotate_now();
     assert_ne!(w.active_segment(), first);
     // The client's retry reaches the next segment: neither the spans nor the ERROR log again.
-    w.write(&group(vec![error_trace(1, 4)], now_ns())).unwrap();
+    w.write(&group_of(vec![error_trace(1, 4)], now_ns())).unwrap();
     assert_eq!(q(dir.path(), "SELECT count(*) FROM spans"), 4);
     assert_eq!(q(dir.path(), "SELECT count(*) FROM logs"), 1);
     assert_eq!(gauges.prev_segment_duplicates.load(Ordering::SeqCst), 4);
     // The documented limit: two rotations later the first copy is out of reach.
     w.rotate_now();
-    w.write(&group(vec![traces_rows(500, 1, 1)], now_ns())).unwrap();
+    w.write(&group_of(vec![traces_rows(500, 1, 1)], now_ns())).unwrap();
     w.rotate_now();
-    w.write(&group(vec![error_trace(1, 4)], now_ns())).unwrap();
+    w.write(&group_of(vec![error_trace(1, 4)], now_ns())).unwrap();
     let hex = trace_id(1).to_hex();
     assert_eq!(q(dir.path(), &format!("SELECT count(*) FROM spans WHERE trace_id = '{hex}'")), 8);
     // ... but still one logical trace row.
@@ -75,13 +63,13 @@ fn an_error_span_posted_four_times_keeps_one_span_and_one_log() {
     let dir = tempfile::tempdir().unwrap();
     let (mut w, _) = open_writer(dir.path(), None);
     // Twice within one group, then twice more in later groups.
-    w.write(&group(vec![error_trace(3, 2), error_trace(3, 2)], now_ns())).unwrap();
-    w.write(&group(vec![error_trace(3, 2)], now_ns())).unwrap();
-    w.write(&group(vec![error_trace(3, 2)], now_ns())).unwrap();
+    w.write(&group_of(vec![error_trace(3, 2), error_trace(3, 2)], now_ns())).unwrap();
+    w.write(&group_of(vec![error_trace(3, 2)], now_ns())).unwrap();
+    w.write(&group_of(vec![error_trace(3, 2)], now_ns())).unwrap();
     assert_eq!(q(dir.path(), "SELECT count(*) FROM spans"), 2);
     assert_eq!(q(dir.path(), "SELECT count(*) FROM logs"), 1);
     // Ordinary log records are never deduplicated (they have no identity).
-    w.write(&group(vec![logs_request(0, 3, 9).rows, logs_request(0, 3, 9).rows], now_ns())).unwrap();
+    w.write(&group_of(vec![logs_request(0, 3, 9).rows, logs_request(0, 3, 9).rows], now_ns())).unwrap();
     assert_eq!(q(dir.path(), "SELECT count(*) FROM logs"), 7);
 }
 
@@ -103,9 +91,9 @@ fn part(span: u64, root: bool, service: &str, start: i64, end: i64, st: StatusCo
 fn sql_presents_one_row_per_trace_split_over_segments() {
     let dir = tempfile::tempdir().unwrap();
     let (mut w, _) = open_writer(dir.path(), None);
-    w.write(&group(vec![part(2, false, "db", 5_000_000, 9_000_000, StatusCode::Ok)], now_ns())).unwrap();
+    w.write(&group_of(vec![part(2, false, "db", 5_000_000, 9_000_000, StatusCode::Ok)], now_ns())).unwrap();
     w.rotate_now();
-    w.write(&group(vec![part(3, false, "cache", 2_000_000, 3_000_000, StatusCode::Error)], now_ns()))
+    w.write(&group_of(vec![part(3, false, "cache", 2_000_000, 3_000_000, StatusCode::Error)], now_ns()))
         .unwrap();
     // No root yet: the earliest segment's service.
     let row = |dir: &Path| -> (String, i64, i64, i64, String) {
@@ -120,7 +108,7 @@ fn sql_presents_one_row_per_trace_split_over_segments() {
     };
     assert_eq!(row(dir.path()), ("db".into(), 2_000_000, 9_000_000, 7_000, "STATUS_CODE_ERROR".into()));
     w.rotate_now();
-    w.write(&group(vec![part(1, true, "frontend", 1_000_000, 6_000_000, StatusCode::Unset)], now_ns()))
+    w.write(&group_of(vec![part(1, true, "frontend", 1_000_000, 6_000_000, StatusCode::Unset)], now_ns()))
         .unwrap();
     assert_eq!(q(dir.path(), "SELECT count(*) FROM traces"), 1);
     assert_eq!(q(dir.path(), "SELECT count(*) FROM trace_segments"), 3);
@@ -142,10 +130,10 @@ fn plan(conn: &Connection, query: &str) -> String {
 fn a_lookup_by_id_uses_the_key_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let (mut w, _) = open_writer(dir.path(), None);
-    w.write(&group(vec![error_trace(1, 3), traces_rows(2, 50, 3)], now_ns())).unwrap();
+    w.write(&group_of(vec![error_trace(1, 3), traces_rows(2, 50, 3)], now_ns())).unwrap();
     let first = dir.path().join(w.active_segment());
     w.rotate_now();
-    w.write(&group(vec![traces_rows(100, 5, 3)], now_ns())).unwrap();
+    w.write(&group_of(vec![traces_rows(100, 5, 3)], now_ns())).unwrap();
     let hex = trace_id(1).to_hex();
     let by_span = format!("SELECT * FROM spans WHERE trace_id = '{hex}'");
     let by_tenant_span =
@@ -198,9 +186,9 @@ fn the_since_window_skips_segments_outside_it() {
     let dir = tempfile::tempdir().unwrap();
     let (mut w, _) = open_writer(dir.path(), None);
     let hour = 3_600 * 1_000_000_000i64;
-    w.write(&group(vec![traces_rows(1, 10, 2)], now_ns() - 3 * hour)).unwrap();
+    w.write(&group_of(vec![traces_rows(1, 10, 2)], now_ns() - 3 * hour)).unwrap();
     w.rotate_now();
-    w.write(&group(vec![traces_rows(100, 4, 2)], now_ns())).unwrap();
+    w.write(&group_of(vec![traces_rows(100, 4, 2)], now_ns())).unwrap();
     let window = sql::Window { since: Some(now_ns() - hour), until: None };
     let c = sql::open_read_only_window(dir.path(), window).unwrap();
     let attached: i64 = c
@@ -258,7 +246,7 @@ fn a_legacy_data_dir_opens_as_its_first_segment() {
     // Spans 42_001 (a retry) and 42_003 (new); the legacy file holds 42_001 and 42_002.
     let mut g = trace_group("default", 42, 2, false);
     g.spans[1].span_id = span_id(42_003);
-    w.write(&group(vec![Rows::Traces(vec![g]), traces_rows(7, 1, 3)], now_ns())).unwrap();
+    w.write(&group_of(vec![Rows::Traces(vec![g]), traces_rows(7, 1, 3)], now_ns())).unwrap();
     assert_eq!(gauges.prev_segment_duplicates.load(Ordering::SeqCst), 1);
     let d = dir.path();
     assert_eq!(q(d, "SELECT count(*) FROM spans"), 2 + 1 + 3);
@@ -291,9 +279,9 @@ fn start_up_makes_the_catalog_and_the_files_agree() {
     let d = dir.path();
     {
         let (mut w, _) = open_writer(d, None);
-        w.write(&group(vec![traces_rows(1, 3, 2)], now_ns())).unwrap();
+        w.write(&group_of(vec![traces_rows(1, 3, 2)], now_ns())).unwrap();
         w.rotate_now();
-        w.write(&group(vec![traces_rows(10, 2, 2)], now_ns())).unwrap();
+        w.write(&group_of(vec![traces_rows(10, 2, 2)], now_ns())).unwrap();
     }
     // A spare prepared ahead (empty, unlisted) and a crash after retention unlisted segment 0
     // but before it unlinked the file.
@@ -323,7 +311,7 @@ fn rotation_by_size_keeps_every_row_and_seals_with_exact_ranges() {
     let (mut w, gauges) = open_writer(dir.path(), Some(cfg));
     let t0 = now_ns();
     for k in 0..40u64 {
-        w.write(&group(vec![traces_rows(k * 1_000, 100, 5)], t0 + k as i64)).unwrap();
+        w.write(&group_of(vec![traces_rows(k * 1_000, 100, 5)], t0 + k as i64)).unwrap();
         w.maintain();
     }
     let rotations = gauges.rotations.load(Ordering::SeqCst);

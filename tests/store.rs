@@ -5,7 +5,7 @@
 use crate::util::*;
 use otelring::config::{PipelineConfig, StoreConfig};
 use otelring::pipeline::batch::{Batch, Received, Rows, Signal, SpanId, StatusCode, TraceGroup};
-use otelring::pipeline::{BatchWriter, CommitError, Group, LostReason, Pipeline, Stats, WriteError};
+use otelring::pipeline::{BatchWriter, CommitError, LostReason, Pipeline, Stats, WriteError};
 use otelring::store::{self, ShardWriter, Store, StoreError, dlq};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -52,18 +52,6 @@ fn count(dir: &Path, shards: usize, sql: &str) -> i64 {
             c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap()
         })
         .sum()
-}
-
-fn group_of(rows: Vec<Rows>, at: i64) -> Group {
-    Group::from(
-        rows.into_iter()
-            .map(|r| Batch::new(0, r, Received { instant: std::time::Instant::now(), unix_nano: at }))
-            .collect::<Vec<_>>(),
-    )
-}
-
-fn now_ns() -> i64 {
-    Received::now().unix_nano
 }
 
 fn traces(first: u64, n: u64, spans: usize) -> Rows {

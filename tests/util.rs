@@ -295,6 +295,21 @@ pub fn small_config(shards: usize, queue: u64, max_bytes: u64) -> PipelineConfig
     }
 }
 
+/// One group of shard 0 holding a batch per `rows`, all received at `at` (unix ns): what a
+/// writer gets from its lanes, built directly for the store's own tests.
+pub fn group_of(rows: Vec<Rows>, at: i64) -> Group {
+    Group::from(
+        rows.into_iter()
+            .map(|r| Batch::new(0, r, Received { instant: std::time::Instant::now(), unix_nano: at }))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Now as unix nanoseconds.
+pub fn now_ns() -> i64 {
+    Received::now().unix_nano
+}
+
 /// A started pipeline with in-memory writers.
 pub fn started(cfg: PipelineConfig) -> (Pipeline, Arc<MemShared>) {
     let (p, shared) = unstarted(cfg);
