@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,28 +81,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let drain = {
-            let mut pipe = std::io::BufReader::new(child.stderr.take().unwrap());
-            let stderr = stderr.clone();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                while pipe.read_line(&mut line).unwrap_or(0) > 0 {
-                    stderr.lock().unwrap().push_str(&line);
-                    line.clear();
-                }
-            })
-        };
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "otelring listening: OTLP/gRPC on A, OTLP/HTTP on B; ..."
-        let addr = |after: &str, until: char| -> SocketAddr {
-            let Some(rest) = line.split(after).nth(1) else {
-                panic!("no listening line: {line:?}\n{}", stderr.lock().unwrap())
-            };
-            rest.split(until).next().unwrap().parse().unwrap()
-        };
-        let (grpc, http) = (addr("OTLP/gRPC on ", ','), addr("OTLP/HTTP on ", ';'));
+        let (stderr, drain, grpc, http) = crate::util::serve_output(&mut child);
         Self { child, grpc, http, dir, stderr, drain: Some(drain) }
     }
 

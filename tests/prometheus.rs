@@ -11,7 +11,7 @@
 //! Run alone: `OTELRING_BIN=target/release/otelring cargo nextest run -E 'test(prometheus::)'
 //! --features otelring/loadgen` (the binary must be built with `--features loadgen`).
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -158,28 +158,8 @@ impl Server {
             cmd.env(k, v);
         }
         let mut child = Reaped(cmd.spawn().unwrap());
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let mut pipe = std::io::BufReader::new(child.0.stderr.take().unwrap());
-            let stderr = stderr.clone();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                while pipe.read_line(&mut line).unwrap_or(0) > 0 {
-                    stderr.lock().unwrap().push_str(&line);
-                    line.clear();
-                }
-            });
-        }
-        let mut line = String::new();
-        std::io::BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "otelring listening: OTLP/gRPC on A, OTLP/HTTP on B; ..."
-        let addr = |after: &str, until: char| -> SocketAddr {
-            let Some(rest) = line.split(after).nth(1) else {
-                panic!("no listening line: {line:?}\n{}", stderr.lock().unwrap())
-            };
-            rest.split(until).next().unwrap().parse().unwrap()
-        };
-        let (grpc, http) = (addr("OTLP/gRPC on ", ','), addr("OTLP/HTTP on ", ';'));
+        // The reader thread ends at the server's exit (EOF); `stop` waits for the books lines.
+        let (stderr, _reader, grpc, http) = crate::util::serve_output(&mut child.0);
         Server { child, http, grpc, stderr, _dir: dir }
     }
 

@@ -305,6 +305,38 @@ pub fn group_of(rows: Vec<Rows>, at: i64) -> Group {
     )
 }
 
+/// Drains `child`'s stderr into a shared string on a thread until EOF (a full pipe would block
+/// the server), then reads its first stdout line, "otelring listening: OTLP/gRPC on A,
+/// OTLP/HTTP on B; ...", and returns the text, the reader thread and (gRPC, HTTP) addresses.
+#[allow(clippy::type_complexity)]
+pub fn serve_output(
+    child: &mut std::process::Child,
+) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>, std::net::SocketAddr, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let drain = {
+        let mut pipe = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+        let stderr = stderr.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while pipe.read_line(&mut line).unwrap_or(0) > 0 {
+                stderr.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        })
+    };
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout piped")).read_line(&mut line).unwrap();
+    let addr = |after: &str, until: char| -> std::net::SocketAddr {
+        let Some(rest) = line.split(after).nth(1) else {
+            panic!("no listening line: {line:?}\n{}", stderr.lock().unwrap())
+        };
+        rest.split(until).next().unwrap().parse().unwrap()
+    };
+    let (grpc, http) = (addr("OTLP/gRPC on ", ','), addr("OTLP/HTTP on ", ';'));
+    (stderr, drain, grpc, http)
+}
+
 /// Now as unix nanoseconds.
 pub fn now_ns() -> i64 {
     Received::now().unix_nano
